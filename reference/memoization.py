@@ -1,0 +1,93 @@
+"""enable_kv_cache / disable_kv_cache in the course's style: patch each block's attention.forward.
+
+This module is laid out like a student's `tinytorch.perf.memoization`: it exposes
+`Tensor`, `KVCache`, `enable_kv_cache` and `disable_kv_cache`, so the grader can grade
+it exactly as it grades a submission.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable
+
+import numpy as np
+
+from reference.gpt import softmax
+from reference.kv_cache import KVCache
+from reference.tensor import Tensor
+
+__all__ = ["Tensor", "KVCache", "enable_kv_cache", "disable_kv_cache"]
+
+REQUIRED_ATTRIBUTES = ("embed_dim", "num_layers", "num_heads", "max_seq_len", "blocks")
+
+
+def _cached_attention_forward(attention: Any, original: Callable[..., Any], cache: KVCache, layer_idx: int) -> Callable[..., Any]:
+    """Build the patched forward for one layer.
+
+    `layer_idx` and `attention` are parameters of this function, not variables of the
+    caller's loop: a closure over a loop variable would make every layer use the last
+    block's weights (a defect a published course release shipped).
+    """
+
+    def forward(x: Any, mask: Any = None) -> Any:
+        batch, seq_len, _ = x.shape
+        if seq_len != 1:
+            return original(x, mask)  # multi-token (prompt) forward: the cache is not involved
+        heads, head_dim = attention.num_heads, attention.head_dim
+
+        def split(t: Any) -> Any:  # (B, 1, E) -> (B, H, 1, D)
+            return np.asarray(t.data).reshape(batch, 1, heads, head_dim).transpose(0, 2, 1, 3)
+
+        q = split(attention.q_proj.forward(x))
+        k = split(attention.k_proj.forward(x))
+        v = split(attention.v_proj.forward(x))
+        cache.update(layer_idx, Tensor(k), Tensor(v))  # every token is cached, the first one too
+        past_k, past_v = cache.get(layer_idx)  # the prefix before this token: (B, H, seq_pos, D)
+        keys = np.concatenate([past_k.data, k], axis=2)
+        values = np.concatenate([past_v.data, v], axis=2)
+        scores = q @ keys.transpose(0, 1, 3, 2) / np.float32(math.sqrt(head_dim))
+        out = (softmax(scores) @ values).transpose(0, 2, 1, 3).reshape(batch, 1, heads * head_dim)
+        return attention.out_proj.forward(type(x)(out))
+
+    return forward
+
+
+def enable_kv_cache(model: Any) -> KVCache:
+    """Give `model` a KVCache sized to it and patch every block's attention to use it.
+
+    Raises AttributeError if the model lacks embed_dim, num_layers, num_heads,
+    max_seq_len or blocks, and ValueError if embed_dim % num_heads != 0. Enabling an
+    enabled model first restores the original attention, so the patch never wraps
+    itself. Changes no weights.
+    """
+    for name in REQUIRED_ATTRIBUTES:
+        if not hasattr(model, name):
+            raise AttributeError(f"enable_kv_cache needs model.{name}; {type(model).__name__} has none")
+    if model.embed_dim % model.num_heads != 0:
+        raise ValueError(f"embed_dim {model.embed_dim} is not divisible by num_heads {model.num_heads}")
+    if getattr(model, "_cache_enabled", False):
+        disable_kv_cache(model)
+    cache = KVCache(1, model.max_seq_len, model.num_layers, model.num_heads, model.embed_dim // model.num_heads)
+    for layer_idx, block in enumerate(model.blocks):
+        attention = block.attention
+        block._original_attention_forward = attention.forward
+        block._attention_forward_was_own = "forward" in vars(attention)
+        attention.forward = _cached_attention_forward(attention, attention.forward, cache, layer_idx)
+    model._kv_cache = cache
+    model._cache_enabled = True
+    return cache
+
+
+def disable_kv_cache(model: Any) -> None:
+    """Restore every block's original attention.forward exactly; a no-op if never enabled."""
+    for block in getattr(model, "blocks", []):
+        if not hasattr(block, "_original_attention_forward"):
+            continue
+        if block._attention_forward_was_own:
+            block.attention.forward = block._original_attention_forward
+        else:
+            del block.attention.forward  # the class's method shows through again
+        del block._original_attention_forward
+        del block._attention_forward_was_own
+    model._kv_cache = None
+    model._cache_enabled = False
