@@ -1,0 +1,1 @@
+"""kvspec: the executable spec and autograder for the KV-cache module."""

@@ -1,0 +1,328 @@
+"""The normative clauses of the KV-cache spec: one registry, read by the checks, the
+grader and the generator of docs/spec.md (a test keeps the document equal to it).
+
+Each check (a test in spec/checks) cites its clauses with `@checks("KV-...")`; all
+clauses a check cites belong to one rubric group, which is the check's group.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import pytest
+
+Level = Literal["MUST", "SHOULD"]
+GROUPS = (
+    "import",
+    "construction",
+    "update",
+    "get",
+    "advance",
+    "reset",
+    "bounds",
+    "shapes",
+    "memory",
+    "attention",
+    "model",
+    "non-invasive",
+    "memoization",
+    "performance",
+)
+
+
+@dataclass(frozen=True)
+class Clause:
+    id: str
+    level: Level
+    group: str
+    text: str
+    why: str
+
+
+CLAUSES: tuple[Clause, ...] = (
+    # -- import ------------------------------------------------------------------------
+    Clause(
+        "KV-IMP-1", "MUST", "import",
+        "The submission's cache module imports without error and defines `KVCache`, "
+        "`enable_kv_cache` and `disable_kv_cache`.",
+        "Nothing else can be graded; an import failure is reported with the student's traceback.",
+    ),
+    # -- construction ------------------------------------------------------------------
+    Clause(
+        "KV-CON-1", "MUST", "construction",
+        "`KVCache(batch_size, max_seq_len, num_layers, num_heads, head_dim)` with positive ints "
+        "constructs; the five attributes of those names read back as given and `seq_pos` is 0.",
+        "The model and the student's attention code size their work from these attributes.",
+    ),
+    Clause(
+        "KV-CON-2", "MUST", "construction",
+        "A dimension that is zero or negative raises `ValueError` at construction.",
+        "A zero-size cache can hold nothing and a negative one fails later inside NumPy, far from the mistake.",
+    ),
+    Clause(
+        "KV-CON-3", "MUST", "construction",
+        "A dimension that is not an integer (for example 2.5 or \"4\") raises `TypeError` or `ValueError` "
+        "at construction.",
+        "Either type names the mistake; which one is an implementation's choice, so both conform.",
+    ),
+    Clause(
+        "KV-CON-4", "MUST", "construction",
+        "Two caches never share storage: updates, advances and resets of one are invisible in the other.",
+        "Class-level buffers (a mutable default or a class attribute) make a second model's decoding read "
+        "the first one's keys.",
+    ),
+    # -- update ------------------------------------------------------------------------
+    Clause(
+        "KV-UPD-1", "MUST", "update",
+        "`update(layer_idx, key, value)` stores `key` and `value` of shape (B, H, 1, D) at position `seq_pos` "
+        "of layer `layer_idx`, each batch element and head in its own place, keys as keys and values as "
+        "values; no other layer or position changes.",
+        "This is the memoization: each token's keys and values are written exactly once, where attention "
+        "will read them.",
+    ),
+    Clause(
+        "KV-UPD-2", "MUST", "update",
+        "`update` does not change `seq_pos`; updating the same layer twice at one position keeps the last "
+        "write.",
+        "All layers write at one position before `advance` moves on; the course's decode loop relies on it.",
+    ),
+    Clause(
+        "KV-UPD-3", "MUST", "update",
+        "The cache holds copies: changing the caller's key or value arrays in place after `update` does not "
+        "change what `get` returns.",
+        "Callers reuse buffers; a cache that keeps references reads back whatever the caller wrote last.",
+    ),
+    # -- get ---------------------------------------------------------------------------
+    Clause(
+        "KV-GET-1", "MUST", "get",
+        "`get(layer_idx)` returns a pair `(keys, values)`, each of shape (B, H, seq_pos, D): the valid prefix "
+        "only, (B, H, 0, D) when nothing is cached.",
+        "Attention over positions never written would attend to garbage; a full (B, H, max_seq_len, D) "
+        "buffer is the classic mistake.",
+    ),
+    Clause(
+        "KV-GET-2", "MUST", "get",
+        "Position p < seq_pos of `get(layer)` holds the last key and value written to that layer at p since "
+        "the last reset; a position that was not written since then reads as zeros.",
+        "Equal contents are what make cached attention equal to uncached attention; zeros make an "
+        "unwritten slot visible instead of stale.",
+    ),
+    Clause(
+        "KV-GET-3", "MUST", "get",
+        "`get` changes nothing observable: neither `seq_pos` nor what a later `get` returns. Whether the "
+        "arrays it returned earlier reflect later writes (views) or not (copies) is unspecified.",
+        "Views and copies are both sound designs; a get that advances or clears is not.",
+    ),
+    # -- advance -----------------------------------------------------------------------
+    Clause(
+        "KV-ADV-1", "MUST", "advance",
+        "`seq_pos` starts at 0 and each `advance()` increases it by exactly one.",
+        "seq_pos is the number of cached tokens; the model's positions and get's shape follow it.",
+    ),
+    Clause(
+        "KV-ADV-2", "MUST", "advance",
+        "`advance` changes no stored key or value.",
+        "Advancing only moves the write position; the history stays as written.",
+    ),
+    # -- reset -------------------------------------------------------------------------
+    Clause(
+        "KV-RST-1", "MUST", "reset",
+        "`reset()` sets `seq_pos` to 0; `get` then returns (B, H, 0, D) for every layer.",
+        "A new sequence starts empty.",
+    ),
+    Clause(
+        "KV-RST-2", "MUST", "reset",
+        "After `reset()`, no value written before it is ever visible: a position the new sequence has not "
+        "written reads as zeros in every layer.",
+        "The course: reset clears the data so that no stale data from previous generations affects the "
+        "current one.",
+    ),
+    Clause(
+        "KV-RST-3", "MUST", "reset",
+        "After `reset()` the cache is fully usable again: it holds `max_seq_len` new tokens.",
+        "One cache serves many generations; a reset that forgets to rewind capacity fails the second prompt.",
+    ),
+    # -- bounds ------------------------------------------------------------------------
+    Clause(
+        "KV-BND-1", "MUST", "bounds",
+        "`update` and `get` with `layer_idx >= num_layers` raise `ValueError` (a subclass conforms).",
+        "The course's message is `Layer index 4 >= num_layers 4`; an IndexError from NumPy says nothing.",
+    ),
+    Clause(
+        "KV-BND-2", "MUST", "bounds",
+        "`update` and `get` with a negative `layer_idx` raise `ValueError`.",
+        "Some releases accept -1, which NumPy silently maps to the last layer: an off-by-one in a layer loop "
+        "then corrupts the cache with no error.",
+    ),
+    Clause(
+        "KV-BND-3", "MUST", "bounds",
+        "`update` when `seq_pos == max_seq_len` raises `ValueError` whose message contains both numbers "
+        "(the course's `Sequence position 128 >= max_seq_len 128`).",
+        "A full cache is the course's first common error; the message must say which limit was hit.",
+    ),
+    Clause(
+        "KV-BND-4", "MUST", "bounds",
+        "`advance` when `seq_pos == max_seq_len` raises `ValueError`.",
+        "Every other rule relies on 0 <= seq_pos <= max_seq_len; past it, get cannot return seq_pos "
+        "positions. Releases that let advance run on are the edge this clause decides.",
+    ),
+    Clause(
+        "KV-BND-5", "MUST", "bounds",
+        "A call that raises for a bad layer index or a full cache leaves `seq_pos` and every stored value "
+        "unchanged.",
+        "Students catch the error and carry on; a half-done write would poison the rest of the sequence.",
+    ),
+    # -- shapes ------------------------------------------------------------------------
+    Clause(
+        "KV-SHP-1", "MUST", "shapes",
+        "`update` raises `ValueError` unless key and value each have shape exactly (B, H, 1, D), including "
+        "shapes NumPy would broadcast ((1, H, 1, D) for B > 1, (B, H, 1, 1) for D > 1, (H, 1, D)) and "
+        "multi-token ones ((B, H, 2, D), the classic (1, 8, 64, 64) for (1, 8, 1, 64)).",
+        "Broadcasting would silently copy one batch element or one number everywhere.",
+    ),
+    Clause(
+        "KV-SHP-2", "MUST", "shapes",
+        "An `update` rejected for its shapes writes nothing: neither the key nor the value, in any layer, "
+        "and `seq_pos` is unchanged.",
+        "A good key with a bad value must not leave the key half-stored.",
+    ),
+    # -- memory ------------------------------------------------------------------------
+    Clause(
+        "KV-MEM-1", "MUST", "memory",
+        "`get_memory_usage()` returns a dict with numeric `total_mb`, `per_layer_mb`, `cache_tensors` and "
+        "`total_elements` (extra keys are allowed).",
+        "The course's analysis code reads these four keys.",
+    ),
+    Clause(
+        "KV-MEM-2", "MUST", "memory",
+        "`total_elements == 2 * L * B * H * S * D` and `cache_tensors == 2 * L`, independent of `seq_pos`.",
+        "Keys and values (the factor 2) for every layer are pre-allocated for the full max_seq_len.",
+    ),
+    Clause(
+        "KV-MEM-3", "MUST", "memory",
+        "`total_mb == total_elements * 4 / 2**20` and `per_layer_mb == total_mb / L` (relative tolerance "
+        "1e-9); so GPT-2 small (L=12, H=12, S=1024, D=64, B=1) reports 72.0 and L=12, H=8, D=64, S=1024, "
+        "B=4 reports 192.0.",
+        "float32 is 4 bytes and the course's MB is 1024 x 1024 bytes; memory is linear in batch size.",
+    ),
+    Clause(
+        "KV-MEM-4", "MUST", "memory",
+        "The storage is allocated when the cache is built and matches the report: the bytes a new cache "
+        "holds are within 5% (plus 64 KiB of bookkeeping) of `total_elements * 4`.",
+        "Pre-allocation is the design the module teaches; float64 storage reported as float32 holds twice "
+        "what it claims.",
+    ),
+    # -- attention ---------------------------------------------------------------------
+    Clause(
+        "KV-ATT-1", "MUST", "attention",
+        "For any queries and any key/value history fed one token at a time, attention computed over "
+        "`get(layer)` plus the current token equals full causal attention over the whole history.",
+        "This is the promise of the module: caching changes the cost of attention, never its result.",
+    ),
+    # -- model -------------------------------------------------------------------------
+    Clause(
+        "KV-MOD-1", "MUST", "model",
+        "`enable_kv_cache(model)` returns a cache with batch_size 1, the model's max_seq_len, num_layers and "
+        "num_heads, head_dim = embed_dim // num_heads and seq_pos 0, and sets `model._kv_cache` to it and "
+        "`model._cache_enabled = True`.",
+        "The course's generation code finds the cache through these attributes.",
+    ),
+    Clause(
+        "KV-MOD-2", "MUST", "model",
+        "With the cache enabled, decoding one token at a time (forward at start_pos t, then advance) gives "
+        "at every step logits equal to row t of the uncached forward of all tokens, within rtol 1e-4 and "
+        "atol 1e-4.",
+        "float32 attention summed in another order differs by a few ulps (about 1e-6 relative here); a "
+        "wrong key, position or layer differs by orders of magnitude more.",
+    ),
+    Clause(
+        "KV-MOD-3", "MUST", "model",
+        "Greedy generation with the cache produces the same tokens as without it.",
+        "The user-visible promise: the cache makes generation faster, not different.",
+    ),
+    Clause(
+        "KV-MOD-4", "MUST", "model",
+        "With the cache enabled, a forward of more than one token returns the same logits as the original "
+        "model and leaves the cache untouched (seq_pos and contents).",
+        "Multi-token forwards (a whole prompt at once) take the original path in the course design.",
+    ),
+    Clause(
+        "KV-MOD-5", "MUST", "model",
+        "`enable_kv_cache` raises `AttributeError` for a model lacking embed_dim, num_layers, num_heads, "
+        "max_seq_len or blocks, and `ValueError` when embed_dim % num_heads != 0.",
+        "The course's contract; a cache sized from a wrong head_dim fails far from the cause.",
+    ),
+    Clause(
+        "KV-MOD-6", "MUST", "model",
+        "After `reset()` on the enabled cache, decoding a second sequence is again equal to the uncached "
+        "forward.",
+        "The course's fourth common error: no reset between sequences mixes two prompts' keys.",
+    ),
+    # -- non-invasive ------------------------------------------------------------------
+    Clause(
+        "KV-NI-1", "MUST", "non-invasive",
+        "`enable_kv_cache` and cached decoding change no weight of the model.",
+        "Caching is an inference optimisation; it must not train, re-initialise or replace parameters.",
+    ),
+    Clause(
+        "KV-NI-2", "MUST", "non-invasive",
+        "After `disable_kv_cache(model)`, every forward returns bit-identical logits to the never-enabled "
+        "model, for one token and for many. Where the original forward is kept is unspecified.",
+        "Disable is how a user leaves the optimisation; anything left behind changes their model.",
+    ),
+    Clause(
+        "KV-NI-3", "MUST", "non-invasive",
+        "`disable_kv_cache` on a model that was never enabled does not raise and changes nothing.",
+        "Cleanup code calls disable unconditionally.",
+    ),
+    Clause(
+        "KV-NI-4", "MUST", "non-invasive",
+        "Enabling twice is harmless: decoding with the cache the second call returned is correct, and one "
+        "`disable_kv_cache` then restores bit-identical outputs.",
+        "A patch that wraps its own patch runs the cache twice per token or saves the patched method as the "
+        "original.",
+    ),
+    # -- memoization -------------------------------------------------------------------
+    Clause(
+        "KV-MEMO-1", "MUST", "memoization",
+        "Over n cached decode steps, each layer's key and value projections process n rows in total, not "
+        "n(n+1)/2.",
+        "Computing each token's keys and values once is the point of the module; correct outputs from "
+        "recomputed projections are not a cache.",
+    ),
+    Clause(
+        "KV-MEMO-2", "MUST", "memoization",
+        "Each cached decode step runs each layer's query projection on the new token only (one row per step).",
+        "Recomputing queries for the whole prefix costs what the cache was meant to save.",
+    ),
+    # -- performance -------------------------------------------------------------------
+    Clause(
+        "KV-PERF-1", "MUST", "performance",
+        "The bytes allocated during one `update` do not grow with `seq_pos` (at most 16 KiB more at the last "
+        "position than at the first) and stay below 1/8 of the cache's storage.",
+        "An indexed write is O(1); reallocating or concatenating history makes decoding quadratic. "
+        "Counted with tracemalloc, so the check is deterministic on a noisy machine.",
+    ),
+)
+
+BY_ID: dict[str, Clause] = {c.id: c for c in CLAUSES}
+assert len(BY_ID) == len(CLAUSES), "duplicate clause id"
+assert all(c.group in GROUPS for c in CLAUSES)
+
+
+def group_of(ids: tuple[str, ...] | list[str]) -> str:
+    """The one group shared by these clauses (ValueError if they span several)."""
+    groups = {BY_ID[i].group for i in ids}
+    if len(groups) != 1:
+        raise ValueError(f"clauses {ids} span groups {sorted(groups)}; a check belongs to one group")
+    return groups.pop()
+
+
+def checks(*ids: str) -> pytest.MarkDecorator:
+    """Mark a check with the clauses it verifies: `@checks("KV-GET-1", "KV-GET-2")`."""
+    unknown = [i for i in ids if i not in BY_ID]
+    if not ids or unknown:
+        raise ValueError(f"unknown clause ids {unknown}" if unknown else "a check must cite at least one clause")
+    group_of(ids)
+    return pytest.mark.kvspec(*ids)

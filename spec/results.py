@@ -1,0 +1,108 @@
+"""Collect one verdict per check: clauses, group, outcome and the student-facing message.
+
+Registered by spec.plugin when `--kvspec-results=FILE` is given; works under pytest-xdist:
+workers attach the clause IDs and message to each report's user_properties, and the
+controlling process gathers the reports and writes FILE (JSON) at the end. The grader
+turns that file into scores; nothing the submission prints or writes can reach it,
+because the submission never runs in a process that holds this collector (isolated
+drivers), and the file is read back only after the run ends.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Generator
+
+import pytest
+
+from spec.clauses import group_of
+from spec.driver import SubmissionCrashed, SubmissionRaised, SubmissionUnavailable
+from spec.session import SpecFailure
+
+MAX_OUTPUT = 20_000
+
+
+@dataclass
+class Verdict:
+    nodeid: str
+    name: str  # the check's function name, e.g. test_get_returns_last_write
+    clauses: list[str]
+    group: str
+    passed: bool
+    message: str  # empty when passed
+    duration: float
+
+
+def explain(exc: BaseException, clauses: list[str]) -> str:
+    """The student-facing message for a failed check."""
+    cited = ", ".join(clauses)
+    script = getattr(exc, "kvspec_script", "")
+    example = f"\nMinimal example (run it from your submission's directory):\n{script}" if script else ""
+    if isinstance(exc, SpecFailure):
+        return str(exc)
+    if isinstance(exc, SubmissionUnavailable):
+        return f"[{cited}] could not be checked: {exc.detail}\n{exc.traceback}".rstrip()
+    if isinstance(exc, SubmissionCrashed):
+        return f"[{cited}] could not be checked: your code's process {exc.kind}: {exc.detail}{example}"
+    if isinstance(exc, SubmissionRaised):
+        return (
+            f"[{cited}] your code raised {exc.type_name}: {exc.message}\n"
+            f"(no exception was expected here)\n{exc.traceback}{example}"
+        ).rstrip()
+    return f"[{cited}] the check itself failed ({type(exc).__name__}: {exc}); please report this to the course staff"
+
+
+class Collector:
+    """With a path: gather verdicts and write them (the controlling process).
+    Without: only annotate reports (an xdist worker; the controller gathers)."""
+
+    def __init__(self, path: Path | None) -> None:
+        self.path = path
+        self.verdicts: dict[str, Verdict] = {}
+
+    @pytest.hookimpl(hookwrapper=True)
+    def pytest_runtest_makereport(self, item: pytest.Item, call: pytest.CallInfo[None]) -> Generator[None, Any, None]:
+        outcome = yield
+        report: pytest.TestReport = outcome.get_result()
+        marker = item.get_closest_marker("kvspec")
+        if marker is None:
+            return
+        clauses = [str(a) for a in marker.args]
+        report.user_properties.append(("kvspec_clauses", clauses))
+        if report.failed and call.excinfo is not None:
+            report.user_properties.append(("kvspec_message", explain(call.excinfo.value, clauses)[:MAX_OUTPUT]))
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        if self.path is None:
+            return
+        props = dict(report.user_properties)
+        clauses = props.get("kvspec_clauses")
+        if not isinstance(clauses, list):
+            return
+        v = self.verdicts.get(report.nodeid)
+        if v is None:
+            name = report.nodeid.split("::")[-1]
+            v = Verdict(report.nodeid, name, list(clauses), group_of(list(clauses)), True, "", 0.0)
+            self.verdicts[report.nodeid] = v
+        v.duration += report.duration
+        if report.failed or report.skipped:
+            v.passed = False
+            message = props.get("kvspec_message")
+            if not message:
+                message = f"[{', '.join(v.clauses)}] {'skipped' if report.skipped else 'failed'} in {report.when}: {report.longreprtext[-MAX_OUTPUT:]}"
+            v.message = (v.message + "\n" + str(message)).strip()
+
+    def pytest_sessionfinish(self, session: pytest.Session) -> None:
+        if self.path is None:
+            return  # an xdist worker: the controller writes the file
+        data = [asdict(v) for _, v in sorted(self.verdicts.items())]
+        tmp = self.path.with_suffix(self.path.suffix + ".tmp")
+        tmp.write_text(json.dumps(data, indent=1))
+        os.replace(tmp, self.path)
+
+
+def load_verdicts(path: Path) -> list[Verdict]:
+    return [Verdict(**entry) for entry in json.loads(path.read_text())]

@@ -1,0 +1,271 @@
+"""Session: the checks' view of a submission, written down as the student's own code.
+
+Every call a check makes goes through a Session, which forwards it to the Driver and
+records the line a student would have typed. When a check fails, `SpecFailure` carries
+the clause, what was expected, what came back, and the recorded calls as a script the
+student can paste into Python and replay. Under Hypothesis the last (shrunk) example
+is the one whose failure is reported, so the script is the minimal one.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Callable, Iterator, TypeVar
+
+import numpy as np
+
+from spec.clauses import BY_ID
+from spec.data import NOISE_SOURCE, PATTERN_SOURCE, Data
+from spec.driver import (
+    CacheId,
+    Driver,
+    FloatArray,
+    IntArray,
+    ModelConfig,
+    ModelId,
+    ModelState,
+    SubmissionCrashed,
+    SubmissionInfo,
+    SubmissionRaised,
+    SubmissionUnavailable,
+)
+
+T = TypeVar("T")
+
+_current: Driver | None = None
+
+
+def set_current_driver(driver: Driver | None) -> None:
+    """The plugin sets this around each check, for state machines (which take no fixtures)."""
+    global _current
+    _current = driver
+
+
+def current_driver() -> Driver:
+    if _current is None:
+        raise RuntimeError("no driver: run the checks through pytest with the kvspec plugin")
+    return _current
+
+
+class SpecFailure(AssertionError):
+    """A clause was violated. str() is the whole student-facing message."""
+
+    def __init__(self, clause: str, message: str) -> None:
+        super().__init__(message)
+        self.clause = clause
+
+
+def _fmt(value: object) -> str:
+    if isinstance(value, np.ndarray):
+        return np.array2string(value, precision=4, threshold=40, separator=", ")
+    return repr(value)
+
+
+@dataclass
+class Script:
+    """The calls made so far, as code."""
+
+    info: SubmissionInfo
+    lines: list[str] = field(default_factory=list)
+    uses_model: bool = False
+
+    def prelude(self, body: list[str]) -> list[str]:
+        module = self.info.module
+        tensor_module, _, tensor_name = self.info.tensor.partition(":")
+        out = ["import numpy as np"]
+        out.append(f"from {module} import KVCache, enable_kv_cache, disable_kv_cache")
+        out.append(f"from {tensor_module} import {tensor_name} as Tensor")
+        if self.uses_model:
+            out.append("from reference.gpt import GPT  # the grader's model (pip install kvspec)")
+        code = "\n".join(body)
+        for helper, source in (("pattern(", PATTERN_SOURCE), ("noise(", NOISE_SOURCE)):
+            if helper in code:
+                out += ["", source]
+        return out + [""]
+
+    def render(self, last: str | None = None) -> str:
+        if last and self.lines and self.lines[-1].endswith(last):
+            last = None  # the failing call is already the script's last line
+        body = self.lines + ([last] if last else [])
+        text = "\n".join(self.prelude(body) + body)
+        return "\n".join("    " + line if line else "" for line in text.split("\n"))
+
+
+class Session:
+    """Recorded access to one submission for one example."""
+
+    def __init__(self, driver: Driver | None = None) -> None:
+        self.driver = driver if driver is not None else current_driver()
+        self.script = Script(self.driver.describe())
+        self._names: dict[tuple[str, int], str] = {}
+        self._last_query: str | None = None
+
+    def call(self, fn: Callable[[], T]) -> T:
+        """Run a driver call; if the submission raises or dies, the exception carries the
+        script so far, so even an unexpected error comes with its minimal example."""
+        try:
+            return fn()
+        except (SubmissionRaised, SubmissionCrashed, SubmissionUnavailable) as exc:
+            exc.kvspec_script = self.script.render(self._last_query)  # type: ignore[union-attr]
+            raise
+
+    # -- recording ---------------------------------------------------------------------
+    def record(self, line: str) -> None:
+        self.script.lines.append(line)
+        self._last_query = None
+
+    def query(self, line: str) -> None:
+        """A read whose result may be the failing observation; kept only if it is."""
+        self._last_query = line
+
+    def name(self, kind: str, handle: int) -> str:
+        return self._names[(kind, handle)]
+
+    def _new_name(self, kind: str, handle: int) -> str:
+        count = sum(1 for k, _ in self._names if k == kind)
+        name = kind if count == 0 else f"{kind}{count + 1}"
+        self._names[(kind, handle)] = name
+        return name
+
+    # -- failing -----------------------------------------------------------------------
+    def fail(self, clause: str, expected: object, got: object, call: str | None = None, hint: str = "") -> SpecFailure:
+        """Build the failure (raise it: `raise s.fail(...)`)."""
+        c = BY_ID[clause]
+        call = call or self._last_query
+        parts = [f"[{c.id}] {c.level}: {c.text}"]
+        if call:
+            parts.append(f"Call:     {call}")
+        parts.append(f"Expected: {_fmt(expected)}")
+        parts.append(f"Got:      {_fmt(got)}")
+        if hint:
+            parts.append(f"Hint:     {hint}")
+        parts.append("Why:      " + c.why)
+        parts.append("Minimal example (run it from your submission's directory):")
+        parts.append(self.script.render(call))
+        return SpecFailure(clause, "\n".join(parts))
+
+    @contextmanager
+    def expect_raises(self, clause: str, call: str, *types: str) -> Iterator[None]:
+        """The block must make the submission raise one of `types` (subclasses count)."""
+        wanted = " or ".join(types)
+        start = len(self.script.lines)
+        try:
+            yield
+        except SubmissionRaised as exc:
+            if not exc.is_a(*types):
+                raise self.fail(clause, f"{wanted}", f"{exc.type_name}: {exc.message}", call) from None
+            # Replayable: the raising lines go in a try block, so the script runs on past them.
+            body = self.script.lines[start:] or [call]
+            del self.script.lines[start:]
+            block = ["try:"] + ["    " + line for line in body]
+            caught = types[0] if len(types) == 1 else "(" + ", ".join(types) + ")"
+            block += [f"except {caught} as e:", "    print('raised as required:', repr(e))"]
+            self.record("\n".join(block))
+            return
+        raise self.fail(clause, f"{wanted} raised", "no exception", call)
+
+    # -- the cache ---------------------------------------------------------------------
+    def new_cache(self, *args: object) -> "CacheRef":
+        handle = self.call(lambda: self.driver.new_cache(*args))
+        return CacheRef(self, handle, self._line_for_new_cache(handle, args))
+
+    def _line_for_new_cache(self, handle: CacheId, args: tuple[object, ...]) -> str:
+        name = self._new_name("cache", handle)
+        self.record(f"{name} = KVCache({', '.join(repr(a) for a in args)})")
+        return name
+
+    def adopt_cache(self, handle: CacheId) -> "CacheRef":
+        """A cache the submission made (enable_kv_cache returned it)."""
+        return CacheRef(self, handle, self._new_name("cache", handle))
+
+    # -- the model ---------------------------------------------------------------------
+    def new_model(self, config: ModelConfig, remove: tuple[str, ...] = (), override: dict[str, int] | None = None) -> "ModelRef":
+        handle = self.call(lambda: self.driver.new_model(config, remove, override))
+        name = self._new_name("model", handle)
+        self.script.uses_model = True
+        self.record(
+            f"{name} = GPT({config.vocab_size}, {config.embed_dim}, {config.num_layers}, {config.num_heads}, "
+            f"{config.max_seq_len}, seed={config.seed}, tensor=Tensor)"
+        )
+        for attr in remove:
+            self.record(f"del {name}.{attr}")
+        for attr, value in (override or {}).items():
+            self.record(f"{name}.{attr} = {value!r}")
+        return ModelRef(self, handle, name)
+
+
+@dataclass
+class CacheRef:
+    """A submission's KVCache, seen through the session."""
+
+    s: Session
+    handle: CacheId
+    name: str
+
+    def update(self, layer_idx: int, key: Data, value: Data) -> None:
+        self.s.record(f"{self.name}.update({layer_idx!r}, {key.code()}, {value.code()})")
+        self.s.call(lambda: self.s.driver.update(self.handle, layer_idx, key.array(), value.array()))
+
+    def update_then_mutate(self, layer_idx: int, key: Data, value: Data, fill: float) -> None:
+        self.s.record(f"k, v = {key.code()}, {value.code()}")
+        self.s.record(f"{self.name}.update({layer_idx!r}, k, v)")
+        self.s.record(f"k.data[...] = {fill!r}; v.data[...] = {fill!r}  # the caller reuses its buffers")
+        self.s.call(lambda: self.s.driver.update_then_mutate(self.handle, layer_idx, key.array(), value.array(), fill))
+
+    def get(self, layer_idx: int) -> tuple[FloatArray, FloatArray]:
+        self.s.query(f"keys, values = {self.name}.get({layer_idx!r})")
+        return self.s.call(lambda: self.s.driver.get(self.handle, layer_idx))
+
+    def advance(self) -> None:
+        self.s.record(f"{self.name}.advance()")
+        self.s.call(lambda: self.s.driver.advance(self.handle))
+
+    def reset(self) -> None:
+        self.s.record(f"{self.name}.reset()")
+        self.s.call(lambda: self.s.driver.reset(self.handle))
+
+    def attr(self, name: str) -> object:
+        self.s.query(f"print({self.name}.{name})")
+        return self.s.call(lambda: self.s.driver.attribute(self.handle, name))
+
+    @property
+    def seq_pos(self) -> object:
+        return self.attr("seq_pos")
+
+    def memory_usage(self) -> dict[str, float]:
+        self.s.query(f"print({self.name}.get_memory_usage())")
+        return self.s.call(lambda: self.s.driver.memory_usage(self.handle))
+
+
+@dataclass
+class ModelRef:
+    """The grader's reference GPT built around the submission's Tensor."""
+
+    s: Session
+    handle: ModelId
+    name: str
+
+    def forward(self, tokens: IntArray, start_pos: int = 0) -> FloatArray:
+        self.s.query(f"logits = {self.name}.forward(Tensor(np.array({np.asarray(tokens).tolist()})), start_pos={start_pos})")
+        return self.s.call(lambda: self.s.driver.forward(self.handle, tokens, start_pos))
+
+    def forward_recorded(self, tokens: IntArray, start_pos: int = 0) -> FloatArray:
+        """A forward that stays in the script (a step of a decode loop, not the failing read)."""
+        logits = self.forward(tokens, start_pos)
+        assert self.s._last_query is not None
+        self.s.record(self.s._last_query)
+        return logits
+
+    def enable(self) -> CacheRef:
+        handle = self.s.call(lambda: self.s.driver.enable(self.handle))
+        cache = self.s.adopt_cache(handle)
+        self.s.record(f"{cache.name} = enable_kv_cache({self.name})")
+        return cache
+
+    def disable(self) -> None:
+        self.s.record(f"disable_kv_cache({self.name})")
+        self.s.call(lambda: self.s.driver.disable(self.handle))
+
+    def state(self) -> ModelState:
+        return self.s.call(lambda: self.s.driver.model_state(self.handle))
