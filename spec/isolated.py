@@ -1,0 +1,534 @@
+"""IsolatedDriver: the submission runs in a worker process that the grader can kill.
+
+Every Driver method becomes a request to a worker (`python -m spec.worker`) that runs a
+`spec.local.LocalDriver` on the same Target and answers with plain data (spec.protocol:
+length-prefixed JSON on two dedicated pipes, never pickle). This process never imports
+the submission's code; what comes back is rebuilt here from bytes (float64/int64
+ndarrays we allocate, dataclasses with checked field types), so a returned object can
+not carry behaviour, and an ndarray subclass with a lying `__eq__` arrives as a plain
+ndarray.
+
+One worker per driver, started on the first call; the plugin makes one driver per check,
+so a hang or a crash costs only the check in flight. Budgets (each raises
+SubmissionCrashed and kills the worker's whole process group):
+
+  call timeout   KVSPEC_CALL_TIMEOUT, or call_timeout=      (default 10 s per call)
+  import         KVSPEC_IMPORT_TIMEOUT, or import_timeout=  (default 30 s: start + import)
+  check budget   KVSPEC_CHECK_BUDGET, or check_budget=      (default 60 s of calls per driver)
+  memory         KVSPEC_WORKER_MEMORY_MB, or memory_mb=     (default 4096; RLIMIT_AS; 0 = none)
+
+After a crash every later call raises the same SubmissionCrashed at once; there is no
+respawn within a driver. `captured_output()` returns what the worker wrote to its stdout
+and stderr: the first and last 32 KiB, with the number of bytes left out between.
+
+The worker runs in a fresh empty temporary directory (its cwd, deleted on close), with
+KVSPEC_*, PYTEST_* and HYPOTHESIS_* removed from its environment, PYTHONHASHSEED=0, and
+single-threaded BLAS. See docs/threat-model.md for what this does and does not defend.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import weakref
+from pathlib import Path
+from typing import Any, Callable, NoReturn, TypeVar
+
+import numpy as np
+
+from spec import protocol
+from spec.discovery import Target
+from spec.driver import (
+    CacheId,
+    Driver,
+    FloatArray,
+    IntArray,
+    Measurement,
+    ModelConfig,
+    ModelId,
+    ModelState,
+    SubmissionCrashed,
+    SubmissionInfo,
+    SubmissionRaised,
+    SubmissionUnavailable,
+)
+from spec.local import CACHE_ATTRIBUTES
+
+T = TypeVar("T")
+
+DEFAULT_CALL_TIMEOUT = 10.0
+DEFAULT_IMPORT_TIMEOUT = 30.0
+DEFAULT_CHECK_BUDGET = 60.0
+DEFAULT_MEMORY_MB = 4096
+OUTPUT_HEAD = OUTPUT_TAIL = 32 * 1024
+EXIT_GRACE = 2.0  # seconds to wait for an exit status after the worker closed its pipe
+STRIPPED_ENV = ("KVSPEC_", "PYTEST_", "HYPOTHESIS_")
+
+
+class WorkerError(RuntimeError):
+    """The worker failed outside submission code (the same failure LocalDriver would raise
+    in-process, e.g. an unknown handle): a fault of the check or of the grader."""
+
+
+def _env_number(name: str, default: float) -> float:
+    text = os.environ.get(name)
+    if not text:
+        return default
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError(f"{name} must be a number of seconds (or MB), got {text!r}") from None
+    if value <= 0 and name != "KVSPEC_WORKER_MEMORY_MB":
+        raise ValueError(f"{name} must be positive, got {text!r}")
+    return value
+
+
+class _Output:
+    """Bytes a worker wrote to stdout/stderr: the first and last 32 KiB are kept."""
+
+    def __init__(self) -> None:
+        self.head = bytearray()
+        self.tail = bytearray()
+        self.total = 0
+
+    def add(self, chunk: bytes) -> None:
+        self.total += len(chunk)
+        room = OUTPUT_HEAD - len(self.head)
+        if room > 0:
+            self.head += chunk[:room]
+            chunk = chunk[room:]
+        if chunk:
+            self.tail += chunk
+            if len(self.tail) > 4 * OUTPUT_TAIL:
+                del self.tail[:-OUTPUT_TAIL]
+
+    def text(self) -> str:
+        tail = bytes(self.tail[-OUTPUT_TAIL:])
+        omitted = self.total - len(self.head) - len(tail)
+        middle = f"\n[... {omitted} bytes of output omitted ...]\n".encode() if omitted else b""
+        return (bytes(self.head) + middle + tail).decode("utf-8", errors="replace")
+
+
+def _group_members(session: int) -> list[int]:
+    """Processes in the worker's session (Linux /proc): catches children that moved to a
+    new process group with setpgid. (setsid escapes this too: see docs/threat-model.md.)"""
+    found = []
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return []
+    for entry in entries:
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        fields = stat.rpartition(b")")[2].split()
+        if len(fields) > 3 and fields[3] == str(session).encode():
+            found.append(int(entry))
+    return found
+
+
+class _Worker:
+    """One worker process and its pipes. Holds no reference to the driver, so it can be
+    the target of the driver's weakref.finalize safety net."""
+
+    def __init__(self, memory_mb: int) -> None:
+        self.tmpdir = tempfile.mkdtemp(prefix="kvspec-worker-")
+        self.output = _Output()
+        self.lock = threading.Lock()
+        self.stop = threading.Event()
+        self.killed = False
+        self.fds: list[int] = []
+        req_r, self.req_w = self._pipe()
+        self.resp_r, resp_w = self._pipe()
+        self.out_fd, out_w = self._pipe()
+        try:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "spec.worker", str(req_r), str(resp_w), str(int(memory_mb)), str(os.getpid())],
+                stdin=subprocess.DEVNULL,
+                stdout=out_w,
+                stderr=out_w,
+                pass_fds=(req_r, resp_w),
+                close_fds=True,
+                cwd=self.tmpdir,
+                env=_worker_env(),
+                start_new_session=True,
+            )
+        except BaseException:
+            self._close_fds()
+            shutil.rmtree(self.tmpdir, ignore_errors=True)
+            raise
+        for fd in (req_r, resp_w, out_w):  # the worker's ends
+            self._close(fd)
+        os.set_blocking(self.req_w, False)
+        os.set_blocking(self.resp_r, False)
+        os.set_blocking(self.out_fd, False)
+        self.thread = threading.Thread(target=self._drain, name=f"kvspec-output-{self.proc.pid}", daemon=True)
+        self.thread.start()
+
+    def _pipe(self) -> tuple[int, int]:
+        try:
+            r, w = os.pipe()
+        except BaseException:
+            self._close_fds()
+            shutil.rmtree(self.tmpdir, ignore_errors=True)
+            raise
+        self.fds += [r, w]
+        return r, w
+
+    def _close(self, fd: int) -> None:
+        if fd in self.fds:
+            self.fds.remove(fd)
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+    def _close_fds(self) -> None:
+        for fd in list(self.fds):
+            self._close(fd)
+
+    # -- captured output ---------------------------------------------------------------
+    def _read_available(self) -> bool:
+        """Read what the pipe holds now (call with the lock held); False at end of file."""
+        if self.out_fd not in self.fds:
+            return False
+        while True:
+            try:
+                chunk = os.read(self.out_fd, 1 << 16)
+            except BlockingIOError:
+                return True
+            except OSError:
+                return False
+            if not chunk:
+                return False
+            self.output.add(chunk)
+
+    def _drain(self) -> None:
+        import select
+
+        poller = select.poll()
+        poller.register(self.out_fd, select.POLLIN)
+        while not self.stop.is_set():
+            with self.lock:
+                if not self._read_available():
+                    return
+            poller.poll(100)
+
+    def captured(self) -> str:
+        with self.lock:
+            self._read_available()
+            return self.output.text()
+
+    # -- status and death --------------------------------------------------------------
+    def exit_status(self, wait: float) -> tuple[str, str] | None:
+        """("exit", "exit code N") or ("signal", "killed by SIGX") once the worker has
+        exited (waiting up to `wait` s), without reaping it; None if it is still running."""
+        end = time.monotonic() + wait
+        while True:
+            try:
+                info = os.waitid(os.P_PID, self.proc.pid, os.WEXITED | os.WNOWAIT | os.WNOHANG)
+            except ChildProcessError:
+                code = self.proc.returncode
+                if code is None:
+                    return None
+                return ("signal", f"killed by {_signal_name(-code)}") if code < 0 else ("exit", f"exit code {code}")
+            if info is not None and info.si_pid:
+                if info.si_code == os.CLD_EXITED:
+                    return "exit", f"exit code {info.si_status}"
+                return "signal", f"killed by {_signal_name(info.si_status)}"
+            if time.monotonic() >= end:
+                return None
+            time.sleep(0.005)
+
+    def kill(self) -> None:
+        """SIGKILL the worker's process group (and session), reap it, collect the last of
+        its output, close the pipes, delete its directory. Idempotent."""
+        if self.killed:
+            return
+        self.killed = True
+        pid = self.proc.pid
+        # The worker is not reaped yet (a zombie at worst), so its pid, which is also its
+        # process group and session id, cannot have been reused.
+        for target in [None] + _group_members(pid):
+            try:
+                if target is None:
+                    os.killpg(pid, signal.SIGKILL)
+                else:
+                    os.kill(target, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+        self.proc.wait()
+        self.thread.join(1.0)  # end of file comes once every holder of the pipe is dead
+        self.stop.set()
+        self.thread.join(1.0)
+        with self.lock:
+            if self.thread.is_alive():  # not expected: leave the capture pipe to the thread
+                self.fds.remove(self.out_fd)
+            self._close_fds()
+        shutil.rmtree(self.tmpdir, ignore_errors=True)
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return f"{signal.Signals(number).name} (signal {number})"
+    except ValueError:
+        return f"signal {number}"
+
+
+def _package_roots() -> list[str]:
+    import reference
+    import spec
+
+    roots = []
+    for package in (spec, reference):
+        root = str(Path(package.__file__ or ".").resolve().parent.parent)
+        if root not in roots:
+            roots.append(root)
+    return roots
+
+
+def _worker_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(STRIPPED_ENV)}
+    for name in ("PYTHONSTARTUP", "PYTHONINSPECT", "PYTHONBREAKPOINT"):
+        env.pop(name, None)
+    existing = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+    env["PYTHONPATH"] = os.pathsep.join(_package_roots() + existing)
+    env["PYTHONHASHSEED"] = "0"  # same submission, same seed: same set and dict orders
+    env["PYTHONDONTWRITEBYTECODE"] = "1"  # no __pycache__ left in the submission directory
+    env["PYTHONUNBUFFERED"] = "1"  # output written before a kill is not lost in a buffer
+    env["PYTHONIOENCODING"] = "utf-8:backslashreplace"
+    for name in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        env[name] = "1"
+    return env
+
+
+class IsolatedDriver(Driver):
+    """A Driver whose submission runs in a killable worker process (see the module docstring).
+
+    Not thread-safe; use one driver from one thread. On Linux the worker is SIGKILLed when
+    the thread that started it exits (PR_SET_PDEATHSIG), so start it from the thread that
+    lives as long as the driver (the plugin uses the main thread)."""
+
+    def __init__(
+        self,
+        target: Target,
+        *,
+        call_timeout: float | None = None,
+        import_timeout: float | None = None,
+        check_budget: float | None = None,
+        memory_mb: int | None = None,
+    ) -> None:
+        self.target = target
+        self.call_timeout = call_timeout or _env_number("KVSPEC_CALL_TIMEOUT", DEFAULT_CALL_TIMEOUT)
+        self.import_timeout = import_timeout or _env_number("KVSPEC_IMPORT_TIMEOUT", DEFAULT_IMPORT_TIMEOUT)
+        self.check_budget = check_budget or _env_number("KVSPEC_CHECK_BUDGET", DEFAULT_CHECK_BUDGET)
+        self.memory_mb = int(memory_mb if memory_mb is not None else _env_number("KVSPEC_WORKER_MEMORY_MB", DEFAULT_MEMORY_MB))
+        self.spent = 0.0  # seconds spent waiting on the worker (start, import and calls)
+        self._worker: _Worker | None = None
+        self._finalizer: weakref.finalize[[], None] | None = None
+        self._seq = 0
+        self._crash: tuple[str, str] | None = None
+        self._info: SubmissionInfo | None = None
+        self._unavailable: tuple[str, str] | None = None
+        self._closed = False
+
+    # -- plumbing ----------------------------------------------------------------------
+    def _fail_crashed(self) -> NoReturn:
+        # One raise site for every report of this crash: Hypothesis sees the same failure
+        # when it replays an example, whether the crash happened now or earlier.
+        assert self._crash is not None
+        raise SubmissionCrashed(*self._crash)
+
+    def _crashed(self, kind: str, detail: str) -> NoReturn:
+        self._crash = (kind, detail)
+        self._stop_worker()
+        self._fail_crashed()
+
+    def _stop_worker(self) -> None:
+        if self._worker is not None:
+            self._worker.kill()
+        if self._finalizer is not None:
+            self._finalizer.detach()
+            self._finalizer = None
+
+    def _start(self) -> None:
+        if self._worker is None:
+            start = time.monotonic()
+            self._worker = _Worker(self.memory_mb)
+            self._finalizer = weakref.finalize(self, self._worker.kill)
+            self.spent += time.monotonic() - start
+            self._exchange("init", (self.target,), self.import_timeout)
+
+    def _exchange(self, op: str, args: tuple[object, ...], timeout: float) -> Any:
+        """Send one request; return the decoded result, or raise what the worker reported."""
+        worker = self._worker
+        assert worker is not None
+        remaining = self.check_budget - self.spent
+        if remaining <= 0:
+            self._crashed("budget", f"this check's calls already used its whole budget of {self.check_budget:g} s (KVSPEC_CHECK_BUDGET) before {op}()")
+        limit, kind = (timeout, "timeout") if timeout < remaining else (remaining, "budget")
+        self._seq += 1
+        seq = self._seq
+        try:
+            request = protocol.frame({"seq": seq, "op": op, "args": protocol.encode(list(args))})
+        except protocol.ProtocolError as exc:  # the check passed something that is not plain data
+            raise TypeError(f"cannot send {op}{args!r:.200} to the worker: {exc}") from None
+        start = time.monotonic()
+        deadline = start + limit
+        try:
+            protocol.write_with_deadline(worker.req_w, request, deadline)
+            reply = protocol.parse(protocol.read_with_deadline(worker.resp_r, deadline))
+            if type(reply) is not dict or reply.get("seq") != seq or type(reply.get("seq")) is not int:
+                raise protocol.ProtocolError(f"a response to request {seq} carried sequence number {str(reply.get('seq') if type(reply) is dict else None)[:20]}")
+            if set(reply) == {"seq", "ok"}:
+                return protocol.decode(reply["ok"])
+            if set(reply) == {"seq", "err"} and type(reply["err"]) is dict:
+                self._raise_reported(op, reply["err"])
+            raise protocol.ProtocolError("a response must hold exactly seq and ok, or seq and err")
+        except protocol.Deadline:
+            if kind == "timeout":
+                self._crashed("timeout", f"{_call_name(op)} did not return within {limit:g} s (KVSPEC_CALL_TIMEOUT); the worker was killed")
+            self._crashed(
+                "budget",
+                f"this check's calls took more than its budget of {self.check_budget:g} s in total (KVSPEC_CHECK_BUDGET); "
+                f"{_call_name(op)} was still running and the worker was killed",
+            )
+        except protocol.PeerClosed:
+            status = worker.exit_status(min(EXIT_GRACE, max(0.0, deadline - time.monotonic()) + 0.05))
+            if status is None:
+                self._crashed("protocol", f"the worker closed its response pipe during {_call_name(op)}")
+            self._crashed(status[0], f"{status[1]} during {_call_name(op)}")
+        except protocol.ProtocolError as exc:
+            self._crashed("protocol", f"{exc} (during {_call_name(op)})")
+        finally:
+            self.spent += time.monotonic() - start
+
+    def _raise_reported(self, op: str, err: dict[str, Any]) -> NoReturn:
+        kind = err.get("kind")
+        if kind == "raised":
+            mro = err.get("mro")
+            if type(mro) is not list or not all(type(n) is str for n in mro) or len(mro) > 256:
+                raise protocol.ProtocolError("an exception's MRO must be a list of names")
+            raise SubmissionRaised(
+                protocol.clip(err.get("type_name"), 200), tuple(n[:200] for n in mro), protocol.clip(err.get("message")), protocol.clip(err.get("traceback"))
+            )
+        if kind == "unavailable":
+            raise SubmissionUnavailable(protocol.clip(err.get("detail")), protocol.clip(err.get("traceback")))
+        if kind == "internal":
+            raise WorkerError(
+                f"the worker failed in {_call_name(op)} outside submission code: "
+                f"{protocol.clip(err.get('type_name'), 200)}: {protocol.clip(err.get('message'))}\n{protocol.clip(err.get('traceback'))}"
+            )
+        raise protocol.ProtocolError(f"unknown error kind {str(kind)[:40]!r}")
+
+    def _request(self, op: str, args: tuple[object, ...], check: Callable[[Any], T]) -> T:
+        if self._closed:
+            raise RuntimeError("IsolatedDriver used after close()")
+        if self._crash is not None:
+            self._fail_crashed()
+        self._load()
+        try:
+            return check(self._exchange(op, args, self.call_timeout))
+        except protocol.ProtocolError as exc:
+            self._crashed("protocol", f"{exc} (in the result of {_call_name(op)})")
+
+    def _load(self) -> SubmissionInfo:
+        """Start the worker and import the submission (once, under the import timeout)."""
+        if self._unavailable is not None:
+            raise SubmissionUnavailable(*self._unavailable)
+        if self._info is None:
+            if self._crash is not None:
+                self._fail_crashed()
+            self._start()
+            try:
+                self._info = protocol.expect_info(self._exchange("describe", (), self.import_timeout))
+            except SubmissionUnavailable as exc:
+                self._unavailable = (exc.detail, exc.traceback)
+                raise
+            except protocol.ProtocolError as exc:
+                self._crashed("protocol", f"{exc} (in the result of describe())")
+        return self._info
+
+    # -- output ------------------------------------------------------------------------
+    def captured_output(self) -> str:
+        """What the worker printed so far (stdout and stderr interleaved): the first and
+        last 32 KiB, with a note of how many bytes were left out between."""
+        return "" if self._worker is None else self._worker.captured()
+
+    # -- Driver ------------------------------------------------------------------------
+    def describe(self) -> SubmissionInfo:
+        if self._closed:
+            raise RuntimeError("IsolatedDriver used after close()")
+        return self._load()
+
+    def new_cache(self, *args: object) -> CacheId:
+        return self._request("new_cache", args, protocol.expect_int)
+
+    def update(self, cache: CacheId, layer_idx: int, key: FloatArray, value: FloatArray) -> None:
+        self._request("update", (cache, layer_idx, _f64(key), _f64(value)), protocol.expect_none)
+
+    def update_then_mutate(self, cache: CacheId, layer_idx: int, key: FloatArray, value: FloatArray, fill: float) -> None:
+        self._request("update_then_mutate", (cache, layer_idx, _f64(key), _f64(value), fill), protocol.expect_none)
+
+    def get(self, cache: CacheId, layer_idx: int) -> tuple[FloatArray, FloatArray]:
+        return self._request("get", (cache, layer_idx), protocol.expect_pair_of_arrays)
+
+    def advance(self, cache: CacheId) -> None:
+        self._request("advance", (cache,), protocol.expect_none)
+
+    def reset(self, cache: CacheId) -> None:
+        self._request("reset", (cache,), protocol.expect_none)
+
+    def attribute(self, cache: CacheId, name: str) -> object:
+        if name not in CACHE_ATTRIBUTES:
+            raise ValueError(f"not a public cache attribute: {name}")
+        return self._request("attribute", (cache, name), protocol.expect_attribute)
+
+    def memory_usage(self, cache: CacheId) -> dict[str, float]:
+        return self._request("memory_usage", (cache,), protocol.expect_float_dict)
+
+    def update_allocation(self, cache: CacheId, layer_idx: int, key: FloatArray, value: FloatArray) -> Measurement:
+        return self._request("update_allocation", (cache, layer_idx, _f64(key), _f64(value)), protocol.expect_measurement)
+
+    def construction_retained(self, *args: object) -> tuple[CacheId, Measurement]:
+        return self._request("construction_retained", args, protocol.expect_retained)
+
+    def new_model(self, config: ModelConfig, remove: tuple[str, ...] = (), override: dict[str, int] | None = None) -> ModelId:
+        return self._request("new_model", (config, tuple(remove), dict(override or {})), protocol.expect_int)
+
+    def forward(self, model: ModelId, tokens: IntArray, start_pos: int = 0) -> FloatArray:
+        ids = np.asarray(tokens, dtype=np.int64)
+        return self._request("forward", (model, ids, start_pos), protocol.expect_float_array)
+
+    def enable(self, model: ModelId) -> CacheId:
+        return self._request("enable", (model,), protocol.expect_int)
+
+    def disable(self, model: ModelId) -> None:
+        self._request("disable", (model,), protocol.expect_none)
+
+    def model_state(self, model: ModelId) -> ModelState:
+        return self._request("model_state", (model,), protocol.expect_model_state)
+
+    def close(self) -> None:
+        """Kill the worker (and its process group), reap it, delete its directory."""
+        if not self._closed:
+            self._closed = True
+            self._stop_worker()
+
+
+def _f64(array: FloatArray) -> FloatArray:
+    return np.asarray(array, dtype=np.float64)
+
+
+def _call_name(op: str) -> str:
+    return {"init": "starting the worker", "describe": "importing the submission"}.get(op, f"{op}()")
