@@ -233,18 +233,19 @@ CLAUSES: tuple[Clause, ...] = (
         "With the cache enabled, decoding one token at a time (forward at start_pos t, then advance) gives "
         "at every step logits equal to row t of the uncached forward of all tokens, within rtol 1e-4 and "
         "atol 1e-4.",
-        "float32 attention summed in another order differs by a few ulps (about 1e-6 relative here); a "
-        "wrong key, position or layer differs by orders of magnitude more.",
+        "float32 attention summed in another order differs by a few ulps (at most 5e-6 measured on the "
+        "grading models); a wrong key, position or layer differs by orders of magnitude more.",
     ),
     Clause(
         "KV-MOD-3", "MUST", "model",
-        "Greedy generation with the cache produces the same tokens as without it.",
+        "Greedy generation with the cache produces the same tokens as without it (where the two largest "
+        "logits tie within KV-MOD-2's tolerance, either token conforms and the runs may part there).",
         "The user-visible promise: the cache makes generation faster, not different.",
     ),
     Clause(
         "KV-MOD-4", "MUST", "model",
         "With the cache enabled, a forward of more than one token returns the same logits as the original "
-        "model and leaves the cache untouched (seq_pos and contents).",
+        "model (within KV-MOD-2's tolerance) and leaves the cache untouched: its `seq_pos` and what `get` returns.",
         "Multi-token forwards (a whole prompt at once) take the original path in the course design.",
     ),
     Clause(
