@@ -1,0 +1,24 @@
+"""`python -m spec grade ...`: the autograder (see docs/instructors.md)."""
+
+from __future__ import annotations
+
+import sys
+
+USAGE = "usage: python -m spec grade [SUBMISSION_DIR ...] [options]   (python -m spec grade --help)"
+
+
+def main(argv: list[str]) -> int:
+    if argv[:1] == ["grade"]:
+        from spec.grader.cli import main as grade
+
+        return grade(argv[1:])
+    if argv[:1] in (["-h"], ["--help"]):
+        print(USAGE)
+        return 0
+    what = f"unknown command {argv[0]!r}" if argv else "no command"
+    print(f"python -m spec: error: {what}\n{USAGE}", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,266 @@
+"""The reports: results.json (Gradescope's format), junit.xml, report.md, and the terminal summary.
+
+Written only by the grader process, after every run (and so every worker) has ended,
+each atomically (a temporary file in the same directory, then os.replace). Whatever
+appeared in the output directory while submissions ran is removed first: a submission
+that writes its own results.json there cannot make it the final one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import tempfile
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+from spec.clauses import GROUPS
+from spec.grader.grade import Grade, TestScore
+from spec.grader.rubric import fmt, to_points
+
+REPORT_FILES = ("results.json", "junit.xml", "report.md")
+BATCH_FILES = ("gradebook.csv", "class-summary.md")
+_XML_BAD = re.compile("[^\x09\x0a\x0d\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
+
+
+# -- the output directory ----------------------------------------------------------------------
+
+
+class OutDir:
+    """The directory the reports go to. Created (and cleared of old reports) before any
+    submission runs; `clean()` then removes whatever appeared in it during the runs."""
+
+    def __init__(self, path: Path, batch: bool) -> None:
+        self.path = path
+        try:
+            if path.is_symlink() or (path.exists() and not path.is_dir()):
+                raise OSError(f"{path} exists and is not a directory")
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise OSError(f"cannot use {str(path)!r} as the output directory: {exc}") from None
+        for name in REPORT_FILES + (BATCH_FILES if batch else ()):
+            _remove(path / name)
+        self.before = set(os.listdir(path))
+        self.inode = path.stat().st_ino
+
+    def clean(self) -> None:
+        if self.path.is_symlink() or not self.path.is_dir() or self.path.stat().st_ino != self.inode:
+            _remove(self.path)
+            self.path.mkdir(parents=True, exist_ok=True)
+            self.before = set()
+        for name in sorted(set(os.listdir(self.path)) - self.before):
+            _remove(self.path / name)
+
+    def subdir(self, name: str) -> Path:
+        sub = self.path / name
+        if sub.is_symlink() or (sub.exists() and not sub.is_dir()):
+            _remove(sub)
+        sub.mkdir(exist_ok=True)
+        return sub
+
+
+def _remove(path: Path) -> None:
+    try:
+        if path.is_symlink() or not path.is_dir():
+            path.unlink()
+        else:
+            shutil.rmtree(path)
+    except FileNotFoundError:
+        pass
+
+
+def write_atomic(directory: Path, name: str, text: str) -> Path:
+    target = directory / name
+    if target.is_dir() and not target.is_symlink():
+        shutil.rmtree(target)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as handle:
+            handle.write(text)
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return target
+
+
+def write_reports(grade: Grade, directory: Path) -> list[Path]:
+    return [
+        write_atomic(directory, "results.json", results_json(grade)),
+        write_atomic(directory, "junit.xml", junit_xml(grade)),
+        write_atomic(directory, "report.md", report_md(grade)),
+    ]
+
+
+# -- shared pieces -----------------------------------------------------------------------------
+
+
+def test_title(t: TestScore) -> str:
+    return f"{t.check.group}: {t.check.name}"
+
+
+def header_lines(grade: Grade) -> list[str]:
+    where = grade.path or "the bundled reference"
+    return [
+        f"submission: {where}",
+        f"module: {grade.module} (Tensor: {grade.tensor})",
+        f"profile: {grade.profile}, seed: {grade.seed}, isolation: {grade.isolation}, rubric: {grade.rubric}",
+    ]
+
+
+def group_table(grade: Grade) -> list[tuple[str, str, str]]:
+    rows = []
+    for group, (got, top, passed, count) in grade.groups().items():
+        rows.append((group, f"{fmt(got)}/{fmt(top)}", f"{passed}/{count} checks"))
+    return rows
+
+
+def first_line(text: str) -> str:
+    return next((line.strip() for line in text.splitlines() if line.strip()), "")
+
+
+def summary_text(grade: Grade) -> str:
+    """The terminal summary (also Gradescope's top-level output)."""
+    lines = [f"kvspec grade: {grade.submission}: {fmt(grade.total)}/{fmt(grade.maximum)} points"]
+    lines += ["  " + line for line in header_lines(grade)]
+    width = max((len(g) for g in grade.groups()), default=8)
+    lines.append("score per group:")
+    for group, score, checks in group_table(grade):
+        lines.append(f"  {group:<{width}}  {score:>11}  ({checks})")
+    lines.append(f"  {'total':<{width}}  {fmt(grade.total) + '/' + fmt(grade.maximum):>11}")
+    for group in grade.unscored:
+        lines.append(f"  note: group {group!r} has points in the rubric but no checks in this suite: not scored")
+    for note in grade.notes:
+        lines.append(f"note: {note}")
+    failing = grade.failing()
+    if failing:
+        lines.append(f"failing checks ({len(failing)}):")
+        for t in failing:
+            lines.append(f"  {test_title(t)}: {first_line(t.output)[:160]}")
+    else:
+        lines.append("failing checks: none")
+    return "\n".join(lines)
+
+
+# -- results.json (Gradescope) -----------------------------------------------------------------
+
+
+def results_dict(grade: Grade) -> dict[str, object]:
+    order = {g: i + 1 for i, g in enumerate(GROUPS)}
+    counters: dict[str, int] = {}
+    tests = []
+    for t in grade.tests:
+        counters[t.check.group] = counters.get(t.check.group, 0) + 1
+        tests.append(
+            {
+                "name": test_title(t),
+                "number": f"{order[t.check.group]}.{counters[t.check.group]}",
+                "score": to_points(t.score),
+                "max_score": to_points(t.max_score),
+                "status": "passed" if t.passed else "failed",
+                "output": t.output if t.output else "passed",
+                "output_format": "text",
+                "tags": list(t.check.clauses) + [t.check.group],
+                "visibility": t.visibility,
+            }
+        )
+    return {
+        "score": to_points(grade.total),
+        "execution_time": int(round(grade.execution_time)),
+        "output": summary_text(grade),
+        "output_format": "text",
+        "tests": tests,
+    }
+
+
+def results_json(grade: Grade) -> str:
+    return json.dumps(results_dict(grade), indent=2, ensure_ascii=False) + "\n"
+
+
+# -- junit.xml ---------------------------------------------------------------------------------
+
+
+def _xml(text: str) -> str:
+    return _XML_BAD.sub("\ufffd", text)
+
+
+def junit_xml(grade: Grade) -> str:
+    failing = grade.failing()
+    suites = ET.Element("testsuites")
+    suite = ET.SubElement(
+        suites,
+        "testsuite",
+        {
+            "name": f"kvspec.{_xml(grade.submission)}",
+            "tests": str(len(grade.tests)),
+            "failures": str(len(failing)),
+            "errors": "0",
+            "skipped": "0",
+            "time": f"{sum(t.duration for t in grade.tests):.3f}",
+        },
+    )
+    props = ET.SubElement(suite, "properties")
+    for name, value in (
+        ("score", fmt(grade.total)),
+        ("max_score", fmt(grade.maximum)),
+        ("module", grade.module),
+        ("profile", grade.profile),
+        ("seed", str(grade.seed)),
+        ("rubric", grade.rubric),
+    ):
+        ET.SubElement(props, "property", {"name": name, "value": _xml(value)})
+    for t in grade.tests:
+        case = ET.SubElement(
+            suite,
+            "testcase",
+            {
+                "classname": f"kvspec.{t.check.group}",
+                "name": _xml(t.check.name),
+                "time": f"{t.duration:.3f}",
+                "file": t.check.nodeid.split("::")[0],
+            },
+        )
+        case_props = ET.SubElement(case, "properties")
+        ET.SubElement(case_props, "property", {"name": "clauses", "value": " ".join(t.check.clauses)})
+        ET.SubElement(case_props, "property", {"name": "score", "value": f"{fmt(t.score)}/{fmt(t.max_score)}"})
+        if not t.passed:
+            failure = ET.SubElement(case, "failure", {"message": _xml(first_line(t.output)[:500]), "type": "SpecFailure"})
+            failure.text = _xml(t.output)
+    ET.indent(suites)
+    return '<?xml version="1.0" encoding="utf-8"?>\n' + ET.tostring(suites, encoding="unicode") + "\n"
+
+
+# -- report.md ---------------------------------------------------------------------------------
+
+
+def _fence(text: str) -> str:
+    longest = max((len(m) for m in re.findall(r"`{3,}", text)), default=2)
+    fence = "`" * max(3, longest + 1)
+    return f"{fence}text\n{text.rstrip()}\n{fence}"
+
+
+def report_md(grade: Grade) -> str:
+    out = [f"# kvspec grade: {grade.submission}", "", f"**Score: {fmt(grade.total)} / {fmt(grade.maximum)}**", ""]
+    out += [f"- {line}" for line in header_lines(grade)]
+    passed = sum(t.passed for t in grade.tests)
+    out += [f"- checks: {passed} passed, {len(grade.tests) - passed} failed, {len(grade.tests)} in all", ""]
+    out += ["## Score per group", "", "| group | score | checks passed |", "| --- | ---: | ---: |"]
+    for group, (got, top, ok, count) in grade.groups().items():
+        out.append(f"| {group} | {fmt(got)} / {fmt(top)} | {ok} / {count} |")
+    out.append(f"| **total** | **{fmt(grade.total)} / {fmt(grade.maximum)}** | {passed} / {len(grade.tests)} |")
+    out.append("")
+    if grade.unscored:
+        out += [f"Not scored: {', '.join(grade.unscored)} (points in the rubric, but no checks in this suite).", ""]
+    if grade.notes:
+        out += ["## What happened to the run", ""] + [f"- {note}" for note in grade.notes] + [""]
+    failing = grade.failing()
+    out += ["## Failing checks", ""]
+    if not failing:
+        out += ["None: every check passed.", ""]
+    for t in failing:
+        out += [f"### {test_title(t)} ({', '.join(t.check.clauses)}): 0 / {fmt(t.max_score)}", "", _fence(t.output), ""]
+    if grade.notes and grade.output_tail.strip():
+        out += ["## End of the test run's output", "", _fence(grade.output_tail[-8000:]), ""]
+    return "\n".join(out)

@@ -1,0 +1,138 @@
+"""pytest plugin loaded only in the grader's own pytest subprocess (`-p spec.grader.stream`).
+
+Two jobs, both in the controlling pytest process (never in an xdist worker, never in a
+process that runs submission code):
+
+* `--kvspec-grader-manifest=FILE` (with `--collect-only`): write the list of checks
+  (nodeid, name, clauses, group) before any submission code has run. The grader scores
+  against this list, so a check that never reports a verdict still counts, as failed.
+* `--kvspec-grader-stream=FILE --kvspec-grader-key-fd=N`: append one line per finished
+  check, the verdict and an HMAC over it. The key arrives on an inherited pipe that is
+  read and closed at configure time, before any worker exists; the path of FILE is
+  visible to anyone who can read this process's command line, so a line is believed
+  only if its HMAC checks. Lines are flushed as they are written, so if the run is
+  killed at its time limit the checks already finished keep their verdicts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import os
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from spec.clauses import group_of
+from spec.results import Collector, Verdict
+
+
+def check_name(nodeid: str) -> str:
+    """test_get.py::test_prefix[x] -> test_prefix[x]; test_m.py::TestMachine::runTest -> TestMachine."""
+    parts = nodeid.split("::")[1:] or [nodeid]
+    if len(parts) > 1 and parts[-1] == "runTest":
+        parts = parts[:-1]
+    return ".".join(parts)
+
+
+def sign(key: bytes, verdict: dict[str, Any]) -> str:
+    return hmac.new(key, json.dumps(verdict, sort_keys=True).encode(), hashlib.sha256).hexdigest()
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("kvspec-grader", "used by `python -m spec grade` only")
+    group.addoption("--kvspec-grader-manifest", dest="kvspec_grader_manifest", default=None)
+    group.addoption("--kvspec-grader-stream", dest="kvspec_grader_stream", default=None)
+    group.addoption("--kvspec-grader-key-fd", dest="kvspec_grader_key_fd", default=None, type=int)
+    group.addoption("--kvspec-grader-only-group", dest="kvspec_grader_only_group", default=None)
+    group.addoption("--kvspec-grader-skip-group", dest="kvspec_grader_skip_group", default=None)
+
+
+def _group(item: pytest.Item) -> str | None:
+    marker = item.get_closest_marker("kvspec")
+    return group_of([str(a) for a in marker.args]) if marker is not None else None
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Run only one group's checks, or all but one group's (in every process that collects)."""
+    only = config.getoption("kvspec_grader_only_group")
+    skip = config.getoption("kvspec_grader_skip_group")
+    if only is None and skip is None:
+        return
+    keep = [i for i in items if (only is None or _group(i) == only) and (skip is None or _group(i) != skip)]
+    dropped = [i for i in items if i not in keep]
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = keep
+
+
+class Stream:
+    def __init__(self, config: pytest.Config, path: Path, key: bytes) -> None:
+        self.config = config
+        self.key = key
+        self.file = open(path, "a", encoding="utf-8")
+        self.sent: set[str] = set()
+
+    def _collector(self) -> Collector | None:
+        plugin = self.config.pluginmanager.get_plugin("kvspec-collector")
+        return plugin if isinstance(plugin, Collector) else None
+
+    def _send(self, verdict: Verdict) -> None:
+        data = asdict(verdict)
+        self.file.write(json.dumps({"verdict": data, "mac": sign(self.key, data)}) + "\n")
+        self.file.flush()
+        self.sent.add(verdict.nodeid)
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        if report.when != "teardown":
+            return
+        collector = self._collector()
+        verdict = collector.verdicts.get(report.nodeid) if collector else None
+        if verdict is not None and report.nodeid not in self.sent:
+            self._send(verdict)
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_sessionfinish(self, session: pytest.Session) -> None:
+        collector = self._collector()
+        if collector is not None:
+            for nodeid, verdict in sorted(collector.verdicts.items()):
+                if nodeid not in self.sent:
+                    self._send(verdict)
+        self.file.close()
+
+
+class Manifest:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def pytest_collection_finish(self, session: pytest.Session) -> None:
+        entries = []
+        for item in session.items:
+            marker = item.get_closest_marker("kvspec")
+            if marker is None:
+                continue
+            clauses = [str(a) for a in marker.args]
+            entries.append({"nodeid": item.nodeid, "name": check_name(item.nodeid), "clauses": clauses, "group": group_of(clauses)})
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(sorted(entries, key=lambda e: str(e["nodeid"])), indent=1))
+        os.replace(tmp, self.path)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if hasattr(config, "workerinput"):
+        return  # an xdist worker: the controller streams
+    manifest = config.getoption("kvspec_grader_manifest")
+    if manifest:
+        config.pluginmanager.register(Manifest(Path(manifest)), "kvspec-grader-manifest")
+    stream = config.getoption("kvspec_grader_stream")
+    fd = config.getoption("kvspec_grader_key_fd")
+    if stream and fd is not None:
+        with os.fdopen(fd, "rb") as pipe:
+            key = pipe.read(64)
+        if len(key) < 32:
+            raise pytest.UsageError("kvspec grader: no key on the key pipe")
+        config.pluginmanager.register(Stream(config, Path(stream), key), "kvspec-grader-stream")
