@@ -444,11 +444,11 @@ class IsolatedDriver(Driver):
 
     def _load(self) -> SubmissionInfo:
         """Start the worker and import the submission (once, under the import timeout)."""
+        if self._crash is not None:
+            self._fail_crashed()
         if self._unavailable is not None:
             raise SubmissionUnavailable(*self._unavailable)
         if self._info is None:
-            if self._crash is not None:
-                self._fail_crashed()
             self._start()
             try:
                 self._info = protocol.expect_info(self._exchange("describe", (), self.import_timeout))
