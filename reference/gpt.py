@@ -61,9 +61,12 @@ class LayerNorm:
         self.eps = eps
 
     def __call__(self, x: Array) -> Array:
-        mean = x.mean(axis=-1, keepdims=True)
-        var = x.var(axis=-1, keepdims=True)
-        out: Array = (x - mean) / np.sqrt(var + self.eps) * self.gamma + self.beta
+        # sum / n rather than .mean()/.var(): same numbers, a third of the per-call overhead,
+        # which is what a one-token decode step pays for (the arrays are tiny).
+        n = x.shape[-1]
+        centered = x - x.sum(axis=-1, keepdims=True) / n
+        var = (centered * centered).sum(axis=-1, keepdims=True) / n
+        out: Array = centered / np.sqrt(var + self.eps) * self.gamma + self.beta
         return out
 
 
@@ -110,7 +113,8 @@ class MLP:
 
     def __call__(self, x: Array) -> Array:
         h = self.fc1.project(x)
-        h = 0.5 * h * (1.0 + np.tanh(np.float32(0.7978845608) * (h + np.float32(0.044715) * h**3)))  # GELU
+        h = 0.5 * h * (1.0 + np.tanh(np.float32(0.7978845608) * (h + np.float32(0.044715) * h * h * h)))  # GELU
+        # (h * h * h, not h**3: NumPy's float32 power is a slow general pow, ~10x this whole MLP's arithmetic)
         return self.fc2.project(h)
 
 

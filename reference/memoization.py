@@ -35,8 +35,8 @@ def _cached_attention_forward(attention: Any, original: Callable[..., Any], cach
             return original(x, mask)  # multi-token (prompt) forward: the cache is not involved
         heads, head_dim = attention.num_heads, attention.head_dim
 
-        def split(t: Any) -> Any:  # (B, 1, E) -> (B, H, 1, D)
-            return np.asarray(t.data).reshape(batch, 1, heads, head_dim).transpose(0, 2, 1, 3)
+        def split(t: Any) -> Any:  # (B, 1, E) -> (B, H, 1, D): with one token, a plain reshape
+            return np.asarray(t.data).reshape(batch, heads, 1, head_dim)
 
         q = split(attention.q_proj.forward(x))
         k = split(attention.k_proj.forward(x))
@@ -46,7 +46,7 @@ def _cached_attention_forward(attention: Any, original: Callable[..., Any], cach
         keys = np.concatenate([past_k.data, k], axis=2)
         values = np.concatenate([past_v.data, v], axis=2)
         scores = q @ keys.transpose(0, 1, 3, 2) / np.float32(math.sqrt(head_dim))
-        out = (softmax(scores) @ values).transpose(0, 2, 1, 3).reshape(batch, 1, heads * head_dim)
+        out = (softmax(scores) @ values).reshape(batch, 1, heads * head_dim)  # (B, H, 1, D) -> (B, 1, E)
         return attention.out_proj.forward(type(x)(out))
 
     return forward
