@@ -20,6 +20,9 @@ from spec.driver import Driver
 from spec.results import Collector
 from spec.session import set_current_driver
 
+# --kvspec-fail-under / --kvspec-rubric: score the run with the rubric (course CI).
+pytest_plugins = ["spec.grader.ci"]
+
 OPTIONS = {
     # option: (environment variable, help)
     "submission": ("KVSPEC_SUBMISSION", "directory holding the submission (default: the bundled reference)"),

@@ -121,6 +121,17 @@ def first_line(text: str) -> str:
     return next((line.strip() for line in text.splitlines() if line.strip()), "")
 
 
+def brief(text: str) -> str:
+    """One line for a failure: the clause, then what was expected and what came back."""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    head = lines[0] if lines else ""
+    found = {k: line.split(":", 1)[1].strip() for line in lines for k in ("Expected", "Got") if line.startswith(k + ":")}
+    if "Expected" in found and "Got" in found:
+        clause = head.split("]", 1)[0] + "]" if head.startswith("[") else ""
+        return f"{clause} expected {found['Expected']}, got {found['Got']}".strip()
+    return head
+
+
 def summary_text(grade: Grade) -> str:
     """The terminal summary (also Gradescope's top-level output)."""
     lines = [f"kvspec grade: {grade.submission}: {fmt(grade.total)}/{fmt(grade.maximum)} points"]
@@ -138,7 +149,7 @@ def summary_text(grade: Grade) -> str:
     if failing:
         lines.append(f"failing checks ({len(failing)}):")
         for t in failing:
-            lines.append(f"  {test_title(t)}: {first_line(t.output)[:160]}")
+            lines.append(f"  {test_title(t)}: {brief(t.output)[:200]}")
     else:
         lines.append("failing checks: none")
     return "\n".join(lines)
