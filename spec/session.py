@@ -146,15 +146,16 @@ class Session:
         return SpecFailure(clause, "\n".join(parts))
 
     @contextmanager
-    def expect_raises(self, clause: str, call: str, *types: str) -> Iterator[None]:
-        """The block must make the submission raise one of `types` (subclasses count)."""
+    def expect_raises(self, clause: str, call: str, *types: str, hint: str = "") -> Iterator[None]:
+        """The block must make the submission raise one of `types` (subclasses count);
+        `hint` is shown to the student when it does not."""
         wanted = " or ".join(types)
         start = len(self.script.lines)
         try:
             yield
         except SubmissionRaised as exc:
             if not exc.is_a(*types):
-                raise self.fail(clause, f"{wanted}", f"{exc.type_name}: {exc.message}", call) from None
+                raise self.fail(clause, f"{wanted}", f"{exc.type_name}: {exc.message}", call, hint=hint) from None
             # Replayable: the raising lines go in a try block, so the script runs on past them.
             body = self.script.lines[start:] or [call]
             del self.script.lines[start:]
@@ -163,7 +164,7 @@ class Session:
             block += [f"except {caught} as e:", "    print('raised as required:', repr(e))"]
             self.record("\n".join(block))
             return
-        raise self.fail(clause, f"{wanted} raised", "no exception", call)
+        raise self.fail(clause, f"{wanted} raised", "no exception", call, hint=hint)
 
     # -- the cache ---------------------------------------------------------------------
     def new_cache(self, *args: object) -> "CacheRef":
