@@ -1,0 +1,438 @@
+"""Groups update, get, advance and reset: random histories against a model of the cache.
+
+One RuleBasedStateMachine drives update / advance / reset / get on a submission's
+KVCache (through the Session, so a failure prints the shrunk history as a script) and
+keeps a plain-Python model of what the cache must hold (spec.oracle.CacheModel). Each
+rubric group gets its own subclass and its own check, and each asserts only its own
+group's clauses, so a bug in reset fails the reset check rather than every check.
+
+How the machines stay out of each other's way:
+- The model writes where the submission says it is: the position of a write is the
+  `seq_pos` read just before it, so an advance that moves by two, or an update that
+  also advances, fails the advance or update check but leaves the others' models in
+  step with the cache.
+- Checks that read contents for update, advance or reset look at the first
+  min(seq_pos, returned length) positions of what `get` returns; the exact shape of
+  `get` is the get check's business.
+- Only the reset machine resets; only the get machine records its reads in the
+  script (its clauses are about what reading does). The others read through `get`
+  as observers, which is sound as long as get changes nothing (KV-GET-3).
+- The semantics machines never update a full cache or advance past capacity: when
+  the cache is full they build a fresh one (or reset, in the reset machine). The
+  bounds checks own those preconditions.
+
+Keys are pattern(t, shape) and values pattern(-t, shape), with t counting the writes
+of one example from 1: every element of every write is distinct, keys are positive and
+values negative, so a swapped K/V, a mixed-up batch element, head or layer, or a stale
+value each shows as a specific wrong number, and an unwritten position reads 0.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, ClassVar
+
+import numpy as np
+from hypothesis import settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule, run_state_machine_as_test
+
+from spec.clauses import checks
+from spec.data import Pattern
+from spec.driver import Driver, FloatArray, SubmissionRaised
+from spec.oracle import CacheModel
+from spec.session import CacheRef, Session, current_driver
+from spec.strategies import CacheConfig, cache_configs
+
+MAX_LAYERS = 3  # cache_configs() draws 1..3 layers; a drawn layer is taken modulo num_layers
+KINDS = ("keys", "values")
+
+
+def close(a: FloatArray, b: FloatArray) -> bool:
+    """Equal as stored float32 numbers. Every value sent is a float32, so any float32 (or
+    wider) storage returns it exactly; 1e-6 only forgives a submission that converts
+    through float64. Pattern values differ by at least 0.001, so nothing wrong passes."""
+    return a.shape == b.shape and bool(np.allclose(a, b, rtol=1e-6, atol=1e-6))
+
+
+class CacheMachine(RuleBasedStateMachine):
+    """Shared machinery: build a cache, write, advance, observe. Subclasses add the
+    assertions of one group (and reset, for the reset group)."""
+
+    CLAUSE: ClassVar[str]  # the group's first clause: reported when seq_pos cannot be read
+    s: Session
+    cfg: CacheConfig
+    cache: CacheRef
+    model: CacheModel
+    pos: int
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.s = Session(current_driver())  # one session per example: the script is this example's
+        self.tag = 0
+
+    # -- building and observing ---------------------------------------------------------
+    @initialize(config=cache_configs())
+    def build(self, config: CacheConfig) -> None:
+        self.cfg = config
+        self.new_cache()
+
+    def new_cache(self) -> None:
+        self.cache = self.s.new_cache(*self.cfg.args)
+        self.model = CacheModel(self.cfg)
+        self.pos = self.read_pos()
+
+    def read_pos(self) -> int:
+        got = self.cache.seq_pos
+        if not isinstance(got, int):
+            raise self.s.fail(self.CLAUSE, "seq_pos as an int", got, hint="seq_pos counts the tokens cached: an int")
+        return got
+
+    def read(self, layer: int) -> tuple[FloatArray, FloatArray]:
+        """get(layer) as an observer: not recorded in the script."""
+        return self.cache.get(layer)
+
+    def visible(self, layer: int, keys: FloatArray, values: FloatArray) -> int:
+        """How many leading positions of get's result this check can compare: seq_pos, or
+        fewer if get returned fewer. get's exact shape is the get check's business, but
+        arrays that are not (B, H, n, D) at all cannot be read position by position."""
+        c = self.cfg
+        for got in (keys, values):
+            if got.ndim != 4 or (got.shape[0], got.shape[1], got.shape[3]) != (c.batch_size, c.num_heads, c.head_dim):
+                raise self.s.fail(
+                    self.CLAUSE, f"arrays shaped {c.prefix_shape(self.pos)}", f"shape {got.shape}",
+                    hint="this check reads the cache through get(layer), which must return (B, H, seq_pos, D) arrays",
+                )
+        return min(self.pos, keys.shape[2], values.shape[2])
+
+    # -- the operations -----------------------------------------------------------------
+    @precondition(lambda m: m.pos < m.cfg.max_seq_len)
+    @rule(layer=st.integers(0, MAX_LAYERS - 1))
+    def update(self, layer: int) -> None:
+        layer %= self.cfg.num_layers
+        self.tag += 1
+        key, value = Pattern(self.tag, self.cfg.token_shape), Pattern(-self.tag, self.cfg.token_shape)
+        before = self.pos
+        self.guarded(lambda: self.cache.update(layer, key, value), "update")
+        self.model.write(layer, before, key.array(), value.array())
+        self.pos = self.read_pos()
+        self.after_update(before)
+
+    @precondition(lambda m: m.pos < m.cfg.max_seq_len)
+    @rule()
+    def advance(self) -> None:
+        before = self.pos
+        snapshot = self.before_advance()
+        self.guarded(self.cache.advance, "advance")
+        self.pos = self.read_pos()
+        self.after_advance(before, snapshot)
+
+    def guarded(self, call: Callable[[], None], what: str) -> None:
+        call()
+
+    # -- hooks for the groups ----------------------------------------------------------------
+    def after_update(self, before: int) -> None:
+        pass
+
+    def before_advance(self) -> list[tuple[FloatArray, FloatArray]]:
+        return []
+
+    def after_advance(self, before: int, snapshot: list[tuple[FloatArray, FloatArray]]) -> None:
+        pass
+
+    # -- comparing contents ---------------------------------------------------------------
+    def explain(self, layer: int, kind: int, p: int, got: FloatArray) -> tuple[str, bool]:
+        """Why position p of layer's keys (kind 0) or values (kind 1) holds `got` (B, H, D):
+        a hint for the student, and whether an earlier write at the same place shows."""
+        m = self.model
+        entry = m.last(layer, p)
+        name = KINDS[kind]
+        for (l2, p2), history in m.written.items():
+            if (l2, p2) == (layer, p):
+                continue
+            for k2 in (0, 1):
+                if close(got, history[-1][k2]):
+                    where = f"layer {l2}" if p2 == p else f"position {p2}" if l2 == layer else f"layer {l2}, position {p2}"
+                    return (f"{name}[:, :, {p}, :] of layer {layer} holds the {KINDS[k2][:-1]} written to {where}: "
+                            "each layer and position has its own slot"), False
+        if entry is None:
+            if not np.any(got):
+                return "", False
+            return (f"position {p} of layer {layer} was never written, yet {name} there are not zeros: "
+                    "unwritten positions read as zeros (pre-allocate with np.zeros)"), False
+        if close(got, entry[1 - kind]):
+            return "keys and values are swapped: keys go to the key storage, values to the value storage", False
+        if not np.any(got):
+            return (f"the {name[:-1]} written to layer {layer} at position {p} is missing: update writes at "
+                    "[:, :, seq_pos, :] of layer layer_idx, and advance moves seq_pos only afterwards"), False
+        history = m.written[(layer, p)]
+        for earlier in history[:-1]:
+            if close(got, earlier[kind]):
+                return (f"an earlier write to layer {layer} at position {p} shows instead of the last one: "
+                        "a second update at the same position overwrites the first"), True
+        expected = entry[kind]
+        B, H = expected.shape[:2]
+        for b in range(B):
+            for h in range(H):
+                if close(got[b, h], expected[b, h]):
+                    continue
+                for b2 in range(B):
+                    for h2 in range(H):
+                        if (b2, h2) != (b, h) and close(got[b, h], expected[b2, h2]):
+                            return (f"batch element {b}, head {h} holds batch element {b2}, head {h2}'s data: "
+                                    "keep the axes in place, cache[:, :, seq_pos, :] = key[:, :, 0, :]"), False
+        return f"position {p} of layer {layer} does not hold the last {name[:-1]} written there", False
+
+    def compare_contents(self, layer: int, keys: FloatArray, values: FloatArray, n: int,
+                         clause: Callable[[bool], str], call: str | None = None) -> None:
+        """The first n positions must be what the model says; fail with clause(stale)."""
+        exp_k, exp_v = self.model.expected(layer, n)
+        for kind, (got, exp) in enumerate(((keys, exp_k), (values, exp_v))):
+            got = got[:, :, :n, :]
+            if close(got, exp):
+                continue
+            p = next(p for p in range(n) if not close(got[:, :, p, :], exp[:, :, p, :]))
+            hint, stale = self.explain(layer, kind, p, got[:, :, p, :])
+            raise self.s.fail(
+                clause(stale), exp[:, :, p, :], got[:, :, p, :], call,
+                hint=f"compare {KINDS[kind]}[:, :, {p}, :]. " + hint,
+            )
+
+
+# -- update ----------------------------------------------------------------------------------
+class UpdateMachine(CacheMachine):
+    """KV-UPD-1, KV-UPD-2: where update writes, and that it does not move seq_pos."""
+
+    CLAUSE = "KV-UPD-1"
+
+    @precondition(lambda m: m.pos >= m.cfg.max_seq_len)
+    @rule()
+    def fresh_cache(self) -> None:
+        self.new_cache()
+
+    def after_update(self, before: int) -> None:
+        if self.pos != before:
+            raise self.s.fail(
+                "KV-UPD-2", before, self.pos,
+                hint="update must not change seq_pos; advance() moves it, once per token after every layer has updated",
+            )
+
+    @invariant()
+    def contents(self) -> None:
+        for layer in range(self.cfg.num_layers):
+            keys, values = self.read(layer)
+            n = self.visible(layer, keys, values)
+            self.compare_contents(layer, keys, values, n, lambda stale: "KV-UPD-2" if stale else "KV-UPD-1")
+
+
+# -- get ---------------------------------------------------------------------------------------
+class GetMachine(CacheMachine):
+    """KV-GET-1..3: get's shape, its contents, and that reading changes nothing.
+
+    Reads are recorded in the script (a get that changes the cache must replay). No
+    reset here: zeros after a reset are the reset check's; zeros in a cache never
+    written are checked here, which is the clause with "since the last reset" being
+    construction."""
+
+    CLAUSE = "KV-GET-1"
+
+    @precondition(lambda m: m.pos >= m.cfg.max_seq_len)
+    @rule()
+    def fresh_cache(self) -> None:
+        self.new_cache()
+
+    def recorded_get(self, layer: int) -> tuple[FloatArray, FloatArray]:
+        result = self.cache.get(layer)
+        self.s.record(f"keys, values = {self.cache.name}.get({layer!r})")
+        return result
+
+    @rule(layer=st.integers(0, MAX_LAYERS - 1))
+    def get(self, layer: int) -> None:
+        layer %= self.cfg.num_layers
+        call = f"keys, values = {self.cache.name}.get({layer!r})"
+        keys, values = self.recorded_get(layer)
+        expected = self.cfg.prefix_shape(self.pos)
+        for name, got in (("keys", keys), ("values", values)):
+            if got.shape != expected:
+                raise self.s.fail("KV-GET-1", f"{name} of shape {expected}", f"shape {got.shape}", call,
+                                  hint=self.shape_hint(got.shape))
+        self.compare_contents(layer, keys, values, self.pos, lambda stale: "KV-GET-2", call)
+        after = self.read_pos()
+        if after != self.pos:
+            raise self.s.fail("KV-GET-3", f"seq_pos {self.pos} after get", after,
+                              hint="get must not move seq_pos: reading the cache is not advancing it")
+        again = self.cache.get(layer)
+        for kind in (0, 1):
+            if not (again[kind].shape == (keys, values)[kind].shape and np.array_equal(again[kind], (keys, values)[kind])):
+                raise self.s.fail("KV-GET-3", (keys, values)[kind], again[kind],
+                                  hint=f"a second get({layer}) returned different {KINDS[kind]}: get must not write, clear or move anything")
+
+    def shape_hint(self, shape: tuple[int, ...]) -> str:
+        c = self.cfg
+        if len(shape) == 4 and shape[2] == c.max_seq_len and self.pos != c.max_seq_len:
+            return "get returns the whole max_seq_len buffer: slice [:, :, :seq_pos] (the valid prefix)"
+        if len(shape) == 4 and abs(shape[2] - self.pos) == 1:
+            return f"off by one: the valid prefix is [:, :, :seq_pos], {self.pos} positions here"
+        return "get returns (B, H, seq_pos, D) arrays: the cached positions only, with the storage's axes"
+
+
+# -- advance -------------------------------------------------------------------------------------
+class AdvanceMachine(CacheMachine):
+    """KV-ADV-1, KV-ADV-2: advance moves seq_pos by exactly one and changes no data.
+
+    ADV-2 is checked on the positions already visible before the advance: the stored
+    history must come back unchanged. The newly exposed position cannot be seen before
+    the advance; that it holds the last write is KV-GET-2."""
+
+    CLAUSE = "KV-ADV-1"
+
+    @precondition(lambda m: m.pos >= m.cfg.max_seq_len)
+    @rule()
+    def fresh_cache(self) -> None:
+        self.new_cache()
+
+    def new_cache(self) -> None:
+        super().new_cache()
+        if self.pos != 0:
+            raise self.s.fail("KV-ADV-1", 0, self.pos, hint="a new cache has nothing cached: seq_pos starts at 0")
+
+    def before_advance(self) -> list[tuple[FloatArray, FloatArray]]:
+        return [self.read(layer) for layer in range(self.cfg.num_layers)]
+
+    def after_advance(self, before: int, snapshot: list[tuple[FloatArray, FloatArray]]) -> None:
+        if self.pos != before + 1:
+            hint = ("advance did not move seq_pos" if self.pos == before
+                    else "each advance() adds exactly 1 to seq_pos")
+            raise self.s.fail("KV-ADV-1", before + 1, self.pos, hint=hint)
+        for layer, old in enumerate(snapshot):
+            n = min(self.visible(layer, *old), before)
+            new = self.read(layer)
+            n = min(n, self.visible(layer, *new))
+            for kind in (0, 1):
+                if not close(new[kind][:, :, :n, :], old[kind][:, :, :n, :]):
+                    p = next(p for p in range(n) if not close(new[kind][:, :, p, :], old[kind][:, :, p, :]))
+                    raise self.s.fail(
+                        "KV-ADV-2", old[kind][:, :, p, :], new[kind][:, :, p, :],
+                        hint=f"{KINDS[kind]}[:, :, {p}, :] of layer {layer} changed across advance(): "
+                        "advance only moves seq_pos, it must not shift, clear or overwrite stored data",
+                    )
+
+
+# -- reset -----------------------------------------------------------------------------------------
+class ResetMachine(CacheMachine):
+    """KV-RST-1..3: reset rewinds, hides every earlier value, and restores capacity."""
+
+    CLAUSE = "KV-RST-1"
+    fresh: list[tuple[tuple[int, ...], tuple[int, ...]]]
+
+    def new_cache(self) -> None:
+        super().new_cache()
+        self.resets = 0
+        self.before_reset: dict[tuple[int, int], list[FloatArray]] = {}
+        # What get returns on a new cache: after reset it must return the same (normally
+        # (B, H, 0, D)); that a new cache's get has that shape is the get check's business.
+        self.fresh = []
+        for layer in range(self.cfg.num_layers):
+            keys, values = self.read(layer)
+            self.fresh.append((keys.shape, values.shape))
+
+    @rule()
+    def reset(self) -> None:
+        for (layer, p), history in self.model.written.items():
+            self.before_reset.setdefault((layer, p), []).extend(a for entry in history for a in entry)
+        self.cache.reset()
+        self.model.reset()
+        self.resets += 1
+        self.pos = self.read_pos()
+        if self.pos != 0:
+            raise self.s.fail("KV-RST-1", 0, self.pos, hint="reset() must set seq_pos back to 0")
+        for layer in range(self.cfg.num_layers):
+            keys, values = self.read(layer)
+            if (keys.shape, values.shape) != self.fresh[layer]:
+                raise self.s.fail(
+                    "KV-RST-1", f"shapes {self.fresh[layer]}, as on a new cache", f"shapes {(keys.shape, values.shape)}",
+                    hint="after reset get must return no positions: whatever get slices with must be rewound too",
+                )
+
+    @precondition(lambda m: m.resets > 0 and m.pos < m.cfg.max_seq_len)
+    @rule()
+    def fill(self) -> None:
+        """Use the rest of the capacity after a reset: every layer, then advance (RST-3)."""
+        while self.pos < self.cfg.max_seq_len:
+            start = self.pos
+            for layer in range(self.cfg.num_layers):
+                self.update(layer)
+            self.advance()
+            if self.pos <= start:  # advance does not move: the advance check reports that
+                break
+
+    def guarded(self, call: Callable[[], None], what: str) -> None:
+        try:
+            call()
+        except SubmissionRaised as exc:
+            if self.resets == 0:
+                raise
+            raise self.s.fail(
+                "KV-RST-3", f"{what}() to succeed at seq_pos {self.pos} < max_seq_len {self.cfg.max_seq_len}",
+                f"{exc.type_name}: {exc.message}",
+                hint="after reset the cache holds max_seq_len new tokens: reset must restore everything update "
+                "and advance check capacity with",
+            ) from None
+
+    def stale(self, layer: int, p: int, got: FloatArray) -> bool:
+        return any(close(got, old) for old in self.before_reset.get((layer, p), []))
+
+    def written_since_reset(self, got: FloatArray) -> bool:
+        return any(close(got, a) for history in self.model.written.values() for entry in history for a in entry)
+
+    @invariant()
+    def nothing_stale(self) -> None:
+        """RST-2: after a reset, a position the new sequence has not written reads as zeros
+        in every layer, and no position shows a value written before the reset. Values
+        written since the reset but misplaced are the update check's business."""
+        if not getattr(self, "resets", 0):
+            return
+        for layer in range(self.cfg.num_layers):
+            keys, values = self.read(layer)
+            n = self.visible(layer, keys, values)
+            for kind, got in enumerate((keys, values)):
+                for p in range(n):
+                    here = got[:, :, p, :]
+                    entry = self.model.last(layer, p)
+                    if entry is not None and close(here, entry[kind]):
+                        continue
+                    if self.stale(layer, p, here):
+                        hint = (f"{KINDS[kind]}[:, :, {p}, :] of layer {layer} still holds a value written before "
+                                "reset(): reset must clear the stored data (fill it with zeros)")
+                    elif entry is None and np.any(here) and not self.written_since_reset(here):
+                        hint = (f"{KINDS[kind]}[:, :, {p}, :] of layer {layer} was not written since reset() but is "
+                                "not zeros: reset must leave zeros (np.empty leaves garbage)")
+                    else:
+                        continue
+                    raise self.s.fail("KV-RST-2", entry[kind] if entry is not None else np.zeros_like(here), here,
+                                      f"keys, values = {self.cache.name}.get({layer!r})", hint=hint)
+
+
+def run(machine: type[CacheMachine]) -> None:
+    # settings() is the grading profile loaded by the plugin; the Session is created per
+    # example inside the machine, so the failure's script is the shrunk example's.
+    run_state_machine_as_test(machine, settings=settings())
+
+
+@checks("KV-UPD-1", "KV-UPD-2")
+def test_update_writes_in_place_and_keeps_seq_pos(driver: Driver) -> None:
+    run(UpdateMachine)
+
+
+@checks("KV-GET-1", "KV-GET-2", "KV-GET-3")
+def test_get_returns_the_written_prefix(driver: Driver) -> None:
+    run(GetMachine)
+
+
+@checks("KV-ADV-1", "KV-ADV-2")
+def test_advance_moves_by_one_and_keeps_data(driver: Driver) -> None:
+    run(AdvanceMachine)
+
+
+@checks("KV-RST-1", "KV-RST-2", "KV-RST-3")
+def test_reset_starts_a_clean_sequence(driver: Driver) -> None:
+    run(ResetMachine)
