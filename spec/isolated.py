@@ -335,7 +335,7 @@ class IsolatedDriver(Driver):
         self.memory_mb = int(memory_mb if memory_mb is not None else _env_number("KVSPEC_WORKER_MEMORY_MB", DEFAULT_MEMORY_MB))
         self.spent = 0.0  # seconds spent waiting on the worker (start, import and calls)
         self._worker: _Worker | None = None
-        self._finalizer: weakref.finalize[[], None] | None = None
+        self._finalizer: weakref.finalize[[], IsolatedDriver] | None = None
         self._seq = 0
         self._crash: tuple[str, str] | None = None
         self._info: SubmissionInfo | None = None

@@ -84,6 +84,7 @@ def make_driver(config: pytest.Config) -> Driver:
 def driver(request: pytest.FixtureRequest) -> Iterator[Driver]:
     """A driver for this check; also the current driver for state machines."""
     d = make_driver(request.config)
+    setattr(request.node, "_kvspec_driver", d)  # results.Collector attaches its captured output to failures
     set_current_driver(d)
     try:
         yield d

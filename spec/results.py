@@ -55,6 +55,20 @@ def explain(exc: BaseException, clauses: list[str]) -> str:
     return f"[{cited}] the check itself failed ({type(exc).__name__}: {exc}); please report this to the course staff"
 
 
+OUTPUT_EXCERPT = 4_000  # characters kept from each end of a worker's captured output
+
+
+def captured_output(item: pytest.Item) -> str:
+    """What the check's isolated worker printed (its start and end), or "" (in-process drivers capture nothing)."""
+    read = getattr(getattr(item, "_kvspec_driver", None), "captured_output", None)
+    text = read() if callable(read) else ""
+    if not isinstance(text, str) or not text.strip():
+        return ""
+    if len(text) > 2 * OUTPUT_EXCERPT:
+        text = f"{text[:OUTPUT_EXCERPT]}\n[... output cut ...]\n{text[-OUTPUT_EXCERPT:]}"
+    return text
+
+
 class Collector:
     """With a path: gather verdicts and write them (the controlling process).
     Without: only annotate reports (an xdist worker; the controller gathers)."""
@@ -73,7 +87,11 @@ class Collector:
         clauses = [str(a) for a in marker.args]
         report.user_properties.append(("kvspec_clauses", clauses))
         if report.failed and call.excinfo is not None:
-            report.user_properties.append(("kvspec_message", explain(call.excinfo.value, clauses)[:MAX_OUTPUT]))
+            message = explain(call.excinfo.value, clauses)
+            output = captured_output(item)
+            if output:
+                message = message[: MAX_OUTPUT - 2 * OUTPUT_EXCERPT - 200] + f"\n\nWhat your code printed (stdout and stderr):\n{output}"
+            report.user_properties.append(("kvspec_message", message[:MAX_OUTPUT]))
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         if self.path is None:

@@ -406,10 +406,75 @@ def test_ndarray_subclass_with_lying_eq_arrives_as_a_plain_array(tmp_path: Path,
 
 # -- the protocol pipe ----------------------------------------------------------------
 
+GOOD_ARRAY = protocol.encode(np.arange(6.0).reshape(2, 3))
+MALFORMED = {
+    "extra key in an array": {**GOOD_ARRAY, "verdict": "pass"},
+    "float32 dtype": {**GOOD_ARRAY, "dtype": "<f4"},
+    "object dtype": {**GOOD_ARRAY, "dtype": "|O"},
+    "shape larger than the data": {**GOOD_ARRAY, "shape": [3, 3]},
+    "shape smaller than the data": {**GOOD_ARRAY, "shape": [5]},
+    "negative dimension": {**GOOD_ARRAY, "shape": [-2, -3]},
+    "boolean dimension": {**GOOD_ARRAY, "shape": [True, 6]},
+    "huge shape": {**GOOD_ARRAY, "shape": [1 << 40, 1 << 40]},
+    "not base64": {**GOOD_ARRAY, "b64": "!" * len(GOOD_ARRAY["b64"])},
+    "unknown tag": {"$": "pass", "v": True},
+    "untagged object": {"passed": True},
+    "tuple with extra key": {"$": "tuple", "v": [], "x": 1},
+    "dict with a list key": {"$": "dict", "v": [[[1], 2]]},
+    "dataclass with a missing field": {"$": "Measurement", "v": {"value": 1}},
+    "dataclass with a wrong field type": {"$": "SubmissionInfo", "v": {"module": "m", "tensor": "t", "names": ["KVCache"]}},
+    "measurement with a float value": {"$": "Measurement", "v": {"value": 1.5, "notes": {"$": "dict", "v": []}}},
+    "deep nesting": json.loads("[" * 40 + "]" * 40),
+}
+
+
+@pytest.mark.parametrize("name", sorted(MALFORMED))
+def test_decode_refuses_what_the_protocol_does_not_allow(name: str) -> None:
+    with pytest.raises(protocol.ProtocolError):
+        protocol.decode(MALFORMED[name])
+
+
+def test_decoded_values_are_the_grader_s_own_plain_objects() -> None:
+    array = protocol.decode(GOOD_ARRAY)
+    assert type(array) is np.ndarray and array.dtype == np.float64 and array.flags.owndata and array.flags.writeable
+    assert np.array_equal(array, np.arange(6.0).reshape(2, 3))
+    ints = protocol.decode(protocol.encode(np.array([[1, 2]], dtype=np.int32)))
+    assert ints.dtype == np.int64 and ints.tolist() == [[1, 2]]
+    value = (1, "x", None, True, 2.5, float("inf"), [1, {"k": (2,)}])
+    assert protocol.decode(json.loads(json.dumps(protocol.encode(value)))) == value
+    info = SubmissionInfo("m", "m:Tensor", ("KVCache",))
+    assert protocol.decode(protocol.encode(info)) == info
+    with pytest.raises(protocol.ProtocolError):
+        protocol.encode(object())  # a submission object never goes on the wire
+    with pytest.raises(protocol.ProtocolError):
+        protocol.expect_int(True)  # bools are not handles
+    with pytest.raises(protocol.ProtocolError):
+        protocol.expect_float_array(ints)
+    with pytest.raises(protocol.ProtocolError):
+        protocol.parse(b"{" * 100_000)
+
+
+def test_frames_over_the_limit_are_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(protocol, "MAX_MESSAGE", 100)
+    with pytest.raises(protocol.ProtocolError):
+        protocol.frame("x" * 200)
+    r, w = os.pipe()
+    try:
+        os.write(w, protocol.HEADER.pack(101))
+        os.set_blocking(r, False)
+        with pytest.raises(protocol.ProtocolError, match="limit"):
+            protocol.read_with_deadline(r, time.monotonic() + 5)
+        with pytest.raises(protocol.Deadline):
+            protocol.read_with_deadline(r, time.monotonic() + 0.05)
+    finally:
+        os.close(r)
+        os.close(w)
+
+
 FORGERIES = {
     # name: (what the submission writes to the response pipe before returning, crash or observation)
     "wrong sequence number": "protocol.frame({'seq': 10**6, 'ok': None})",
-    "a verdict field": "protocol.frame({'seq': seq, 'ok': None, 'verdict': 'pass'})",
+    "a verdict field": "protocol.frame({'seq': seq, 'ok': protocol.encode(tuple(t.data for t in super().get(layer_idx))), 'verdict': 'pass'})",
     "an unknown tagged value": "protocol.frame({'seq': seq, 'ok': {'$': 'pass', 'v': True}})",
     "oversized length": "b'\\xff\\xff\\xff\\xff' + b'{' * 64",
     "malformed JSON": "b'\\x00\\x00\\x00\\x05{{{{{'",
@@ -535,3 +600,27 @@ def test_suite_under_isolation_never_imports_the_submission_into_the_grader(tmp_
     assert len(rows) >= len(verdicts), "every check ran the submission in a worker of its own"
     assert all(int(worker) != grader["pid"] for worker, _ in rows)
     assert wait_dead([int(p) for row in rows for p in row]) == [], "no worker or child outlives the run"
+
+
+def test_a_failed_check_reports_what_the_worker_printed(tmp_path: Path) -> None:
+    body = cache_class(
+        """
+        def __init__(self, *args):
+            print("DEBUG: building my cache", args)
+            super().__init__(*args)
+            self.seq_pos = 5
+        """
+    )
+    sub = tmp_path / "sub"
+    write_submission(sub, body)
+    results = tmp_path / "results.json"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("KVSPEC_", "PYTEST_XDIST", "PYTEST_CURRENT"))}
+    command = [
+        sys.executable, "-m", "pytest", "--pyargs", "spec.checks", "-p", "no:xdist", "-q", "-k", "test_attributes_read_back_as_given",
+        f"--kvspec-submission={sub}", "--kvspec-isolation=process", "--kvspec-profile=quick", f"--kvspec-results={results}",
+    ]  # fmt: skip
+    run = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 1, run.stdout[-3000:] + run.stderr[-3000:]
+    (verdict,) = json.loads(results.read_text())
+    assert not verdict["passed"] and "KV-CON-1" in verdict["message"]
+    assert "What your code printed (stdout and stderr):\nDEBUG: building my cache (" in verdict["message"]
