@@ -157,8 +157,8 @@ CLAUSES: tuple[Clause, ...] = (
     ),
     Clause(
         "KV-BND-3", "MUST", "bounds",
-        "`update` when `seq_pos == max_seq_len` raises `ValueError` whose message contains both numbers "
-        "(the course's `Sequence position 128 >= max_seq_len 128`).",
+        "`update` when `seq_pos == max_seq_len` raises `ValueError` whose message contains that number "
+        "(position and limit are then equal; the course's `Sequence position 128 >= max_seq_len 128`).",
         "A full cache is the course's first common error; the message must say which limit was hit.",
     ),
     Clause(

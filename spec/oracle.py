@@ -83,4 +83,5 @@ def attend_one(q: FloatArray, keys: FloatArray, values: FloatArray) -> FloatArra
     scores -= scores.max(axis=-1, keepdims=True)
     weights = np.exp(scores)
     weights /= weights.sum(axis=-1, keepdims=True)
-    return np.einsum("bhs,bhsd->bhd", weights, values)
+    out: FloatArray = np.einsum("bhs,bhsd->bhd", weights, values)
+    return out

@@ -102,7 +102,7 @@ class CacheMachine(RuleBasedStateMachine):
                     self.CLAUSE, f"arrays shaped {c.prefix_shape(self.pos)}", f"shape {got.shape}",
                     hint="this check reads the cache through get(layer), which must return (B, H, seq_pos, D) arrays",
                 )
-        return min(self.pos, keys.shape[2], values.shape[2])
+        return min(self.pos, int(keys.shape[2]), int(values.shape[2]))
 
     # -- the operations -----------------------------------------------------------------
     @precondition(lambda m: m.pos < m.cfg.max_seq_len)

@@ -1,0 +1,70 @@
+"""Helpers shared by the cache-level checks: write a known history, observe a whole cache."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from spec.data import Pattern
+from spec.driver import FloatArray
+from spec.session import CacheRef
+from spec.strategies import CacheConfig
+
+
+def write_history(caches: tuple[CacheRef, ...], config: CacheConfig, tokens: int, first_tag: int = 1) -> int:
+    """Decode `tokens` tokens into every cache alike: each layer updates, then advance.
+    Keys are pattern(t), values pattern(-t), t distinct per write. Returns the next tag."""
+    tag = first_tag
+    shape = config.token_shape
+    for _ in range(tokens):
+        for layer in range(config.num_layers):
+            for cache in caches:
+                cache.update(layer, Pattern(tag, shape), Pattern(-tag, shape))
+            tag += 1
+        for cache in caches:
+            cache.advance()
+    return tag
+
+
+@dataclass
+class Snapshot:
+    """Everything observable about a cache: seq_pos, and get(layer) for every layer."""
+
+    seq_pos: object
+    layers: list[tuple[FloatArray, FloatArray]]
+
+    @classmethod
+    def of(cls, cache: CacheRef, config: CacheConfig) -> "Snapshot":
+        return cls(cache.seq_pos, [cache.get(layer) for layer in range(config.num_layers)])
+
+    def difference(self, other: "Snapshot") -> Difference | None:
+        """The first observable difference between two snapshots (self: expected), or None."""
+        if self.seq_pos != other.seq_pos:
+            return Difference("seq_pos", "seq_pos", self.seq_pos, other.seq_pos)
+        for layer, (mine, theirs) in enumerate(zip(self.layers, other.layers)):
+            read = f"get({layer})"
+            for kind, name in enumerate(("keys", "values")):
+                a, b = mine[kind], theirs[kind]
+                if a.shape != b.shape:
+                    return Difference(f"get({layer}) {name} shape", read, a.shape, b.shape)
+                if not np.array_equal(a, b):
+                    if a.ndim < 3:
+                        return Difference(f"get({layer}) {name}", read, a, b)
+                    p = next(p for p in range(a.shape[2]) if not np.array_equal(a[:, :, p], b[:, :, p]))
+                    return Difference(f"get({layer}) {name}[:, :, {p}, :]", read, a[:, :, p], b[:, :, p])
+        return None
+
+
+@dataclass
+class Difference:
+    where: str  # e.g. "get(1) values[:, :, 2, :]"
+    read: str  # the call that shows it: "seq_pos" or "get(1)"
+    expected: object
+    got: object
+
+    def call(self, cache: CacheRef) -> str:
+        """The line a student runs to see it."""
+        if self.read == "seq_pos":
+            return f"print({cache.name}.seq_pos)"
+        return f"keys, values = {cache.name}.{self.read}"

@@ -1,0 +1,75 @@
+"""Group performance: one update is an indexed write, O(1) in the sequence length.
+
+Counted, not timed: the driver measures with tracemalloc the peak bytes allocated during
+one update, on the submission's side. Two measurements per layer, on one cache of a long
+max_seq_len: the update at position 0 and the update at the last position, after a full
+history has been written. tracemalloc counts are deterministic, so the check gives the
+same verdict on a loaded machine.
+
+Thresholds (KV-PERF-1): at most 16 KiB more at the last position than at the first, and
+below 1/8 of the storage. With the cache below (storage 2 MiB, each layer's keys 512 KiB):
+- an indexed write allocates a few hundred bytes (views, small temporaries) at either
+  position: far inside both limits;
+- concatenating or stacking the history allocates about 512 KiB at the last position
+  (a new (B, H, 1023, D) float32 array): 32 times the growth limit, twice the size limit;
+- copying the layer's whole buffer on every update allocates 512 KiB at every position:
+  no growth, but 4 times the 1/8 limit. (With num_layers <= 3 one layer's keys are at
+  least 1/6 of the storage, so the size limit always catches it.)
+"""
+
+from __future__ import annotations
+
+from spec.clauses import checks
+from spec.data import Pattern
+from spec.driver import Driver
+from spec.session import Session
+from spec.strategies import CacheConfig
+
+CONFIG = CacheConfig(batch_size=2, max_seq_len=1024, num_layers=2, num_heads=4, head_dim=16)
+GROWTH = 16 * 1024  # bytes the last update may allocate beyond the first
+FRACTION = 8  # one update allocates less than storage / FRACTION
+
+
+@checks("KV-PERF-1")
+def test_update_allocation_does_not_grow_with_seq_pos(driver: Driver) -> None:
+    s = Session(driver)
+    c = CONFIG
+    cache = s.new_cache(*c.args)
+    storage = 2 * c.num_layers * c.batch_size * c.num_heads * c.max_seq_len * c.head_dim * 4
+    key, value = Pattern(1, c.token_shape), Pattern(-1, c.token_shape)
+    s.record("import tracemalloc")
+    s.record(f"k, v = {key.code()}, {value.code()}")
+
+    def measured(layer: int) -> int:
+        s.record(f"tracemalloc.start(); {cache.name}.update({layer}, k, v); "
+                 "print('bytes allocated:', tracemalloc.get_traced_memory()[1]); tracemalloc.stop()")
+        return s.call(lambda: s.driver.update_allocation(cache.handle, layer, key.array(), value.array())).value
+
+    first = [measured(layer) for layer in range(c.num_layers)]
+    cache.advance()
+    # Fill to the last position the way a decode loop does; recorded as one loop.
+    s.record(f"for t in range(1, {c.max_seq_len - 1}):\n    for layer in range({c.num_layers}):\n"
+             f"        {cache.name}.update(layer, k, v)\n    {cache.name}.advance()")
+    k, v = key.array(), value.array()
+    for _ in range(1, c.max_seq_len - 1):
+        for layer in range(c.num_layers):
+            s.call(lambda: s.driver.update(cache.handle, layer, k, v))
+        s.call(lambda: s.driver.advance(cache.handle))
+    last = [measured(layer) for layer in range(c.num_layers)]
+    for layer in range(c.num_layers):
+        at = f"update({layer}, k, v) at seq_pos {c.max_seq_len - 1}: "
+        if last[layer] > first[layer] + GROWTH:
+            raise s.fail(
+                "KV-PERF-1", f"about {first[layer]:,} bytes, as at seq_pos 0 (at most {GROWTH:,} more)",
+                at + f"{last[layer]:,} bytes",
+                hint="update allocates more as the sequence grows: write into the pre-allocated storage "
+                "with cache[:, :, seq_pos, :] = key[:, :, 0, :] instead of concatenating or stacking the history",
+            )
+        for where, got in (("0", first[layer]), (str(c.max_seq_len - 1), last[layer])):
+            if got >= storage // FRACTION:
+                raise s.fail(
+                    "KV-PERF-1", f"less than {storage // FRACTION:,} bytes (1/{FRACTION} of the {storage:,}-byte storage)",
+                    f"update({layer}, k, v) at seq_pos {where}: {got:,} bytes",
+                    hint="update copies or reallocates storage: an indexed write into the existing array "
+                    "allocates almost nothing",
+                )
