@@ -1,0 +1,300 @@
+"""The rubric and the reports, on synthetic verdicts (no pytest subprocess: fast).
+
+The reports' format is checked against Gradescope's results format by a small
+JSON-schema-like validator (`gradescope_problems`), which tests/test_grader_cli.py also
+applies to the results.json of real runs.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import xml.etree.ElementTree as ET
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from spec.clauses import BY_ID, CLAUSES, GROUPS
+from spec.grader import batch, reports
+from spec.grader.grade import Grade, score
+from spec.grader.rubric import DEFAULT_RUBRIC, Check, RubricError, fmt, load, max_scores, parse, split
+from spec.grader.run import Outcome, RunResult
+
+VISIBILITIES = {"hidden", "after_due_date", "after_published", "visible"}
+
+
+def gradescope_problems(data: Any) -> list[str]:
+    """What makes `data` not a valid Gradescope results.json (empty list: valid).
+
+    Gradescope's documented format: top-level `score` (number), optional
+    `execution_time` (number of seconds), `output` (string), `output_format`,
+    `visibility`, `stdout_visibility`, `extra_data`, `leaderboard`, and `tests`: a list of
+    objects with `score` and `max_score` (numbers), `name`, `output` (strings), `status`
+    ("passed"/"failed"), `tags` (list of strings), `visibility` (one of four), `number`.
+    kvspec additionally requires every test to carry exactly one group word among its tags.
+    """
+    problems: list[str] = []
+
+    def number(value: Any) -> bool:
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+    if not isinstance(data, dict):
+        return ["top level is not an object"]
+    allowed = {"score", "execution_time", "output", "output_format", "visibility", "stdout_visibility", "extra_data", "tests", "leaderboard"}
+    problems += [f"unknown top-level key {k!r}" for k in data if k not in allowed]
+    if not number(data.get("score")):
+        problems.append("score is missing or not a number")
+    if "execution_time" in data and not number(data["execution_time"]):
+        problems.append("execution_time is not a number")
+    if not isinstance(data.get("output", ""), str):
+        problems.append("output is not a string")
+    if data.get("output_format", "text") not in {"text", "html", "simple_format", "md", "ansi"}:
+        problems.append("bad output_format")
+    tests = data.get("tests")
+    if not isinstance(tests, list) or not tests:
+        return problems + ["tests is missing or empty"]
+    test_keys = {"score", "max_score", "status", "name", "name_format", "number", "output", "output_format", "tags", "visibility", "extra_data"}
+    for i, t in enumerate(tests):
+        where = f"tests[{i}]"
+        if not isinstance(t, dict):
+            problems.append(f"{where} is not an object")
+            continue
+        problems += [f"{where}: unknown key {k!r}" for k in t if k not in test_keys]
+        for key in ("score", "max_score"):
+            if not number(t.get(key)):
+                problems.append(f"{where}.{key} is missing or not a number")
+        if number(t.get("score")) and number(t.get("max_score")) and not 0 <= t["score"] <= t["max_score"]:
+            problems.append(f"{where}: score outside [0, max_score]")
+        for key in ("name", "output"):
+            if not isinstance(t.get(key), str) or not t.get(key):
+                problems.append(f"{where}.{key} is missing or not a non-empty string")
+        if t.get("status") not in {"passed", "failed"}:
+            problems.append(f"{where}.status is not passed/failed")
+        if t.get("visibility") not in VISIBILITIES:
+            problems.append(f"{where}.visibility {t.get('visibility')!r} is not one of Gradescope's")
+        tags = t.get("tags")
+        if not isinstance(tags, list) or not all(isinstance(x, str) for x in tags):
+            problems.append(f"{where}.tags is not a list of strings")
+            continue
+        groups = [x for x in tags if x in GROUPS]
+        if len(groups) != 1:
+            problems.append(f"{where}.tags holds {len(groups)} group words, not exactly one")
+        clauses = [x for x in tags if x not in GROUPS]
+        if not clauses or any(c not in BY_ID for c in clauses):
+            problems.append(f"{where}.tags clause ids {clauses} are not the spec's")
+        elif groups and any(BY_ID[c].group != groups[0] for c in clauses):
+            problems.append(f"{where}.tags mixes clauses of another group")
+    if number(data.get("score")) and all(isinstance(t, dict) and number(t.get("score")) for t in tests):
+        if abs(sum(t["score"] for t in tests) - data["score"]) > 1e-6:
+            problems.append("score is not the sum of the tests' scores")
+    return problems
+
+
+def synthetic_checks() -> list[Check]:
+    """Two checks per group (one for import), each citing the group's first clause."""
+    out = []
+    for group in GROUPS:
+        clause = next(c.id for c in CLAUSES if c.group == group)
+        for n in range(1 if group == "import" else 2):
+            out.append(Check(f"test_{group}.py::test_{n}", f"test_{group.replace('-', '_')}_{n}", (clause,), group))
+    return out
+
+
+def grade_of(passed: dict[str, bool], rubric_path: Path | None = None, message: str = "boom") -> Grade:
+    rubric = load(rubric_path)
+    checks = synthetic_checks()
+    result = RunResult([Outcome(c, passed.get(c.nodeid, True), "" if passed.get(c.nodeid, True) else message, 0.1) for c in checks])
+    tests, unscored = score(result, rubric)
+    return Grade("alice", "/x/alice", "tinytorch.perf.memoization", "t:T", "quick", 0, "process", rubric.name, tests, [], unscored, 1.0)
+
+
+def test_default_rubric_is_100_points_over_every_group() -> None:
+    rubric = load()
+    assert sum(rubric.group_points.values()) == 100_00
+    assert set(rubric.group_points) == set(GROUPS)
+    assert all(rubric.group_points[g] > 0 for g in GROUPS if g != "import")
+    assert DEFAULT_RUBRIC.name == "rubric.toml" and DEFAULT_RUBRIC.parent.name == "spec"
+
+
+def test_every_group_has_checks_in_the_suite() -> None:
+    """A group with points but no check would silently shrink the maximum below 100."""
+    from spec.grader.run import Options, collect
+    from spec.discovery import Target
+
+    checks = collect(Target(None, "reference.memoization"), Options("quick", 0, 1, "none", 60))
+    missing = [g for g in GROUPS if g not in {c.group for c in checks}]
+    assert not missing, f"groups without checks: {missing}"
+    assert sum(max_scores(load(), checks).values()) == 100_00
+
+
+@pytest.mark.parametrize("total", [0, 1, 100, 1000, 333, 1001])
+@pytest.mark.parametrize("weights", [[1.0], [1.0, 1.0, 1.0], [1.0, 2.0, 3.0], [0.5, 0.25, 7.0, 1.0]])
+def test_split_is_exact_and_proportional(total: int, weights: list[float]) -> None:
+    shares = split(total, weights)
+    assert sum(shares) == total
+    for share, w in zip(shares, weights):
+        assert abs(share - total * w / sum(weights)) < 1
+
+
+def test_fmt() -> None:
+    assert [fmt(x) for x in (0, 100, 150, 1250, 3333, 5, 10000)] == ["0", "1", "1.5", "12.5", "33.33", "0.05", "100"]
+
+
+def test_scores_sum_to_the_group_points_and_failures_score_zero() -> None:
+    grade = grade_of({"test_get.py::test_0": False})
+    groups = grade.groups()
+    rubric = load()
+    for group, (got, top, _, _) in groups.items():
+        assert top == rubric.group_points[group]
+    assert groups["get"][0] == rubric.group_points["get"] // 2
+    assert grade.total == 100_00 - rubric.group_points["get"] // 2
+    assert grade.maximum == 100_00
+
+
+def test_clause_weights_and_visibility(tmp_path: Path) -> None:
+    path = tmp_path / "r.toml"
+    path.write_text(
+        '[groups]\nget = 9\nupdate = 1\n[clauses."KV-GET-1"]\nweight = 2\nvisibility = "after_due_date"\n'
+        '[group_visibility]\nupdate = "hidden"\n[rubric]\nvisibility = "after_published"\n'
+    )
+    rubric = load(path)
+    checks = [
+        Check("a::get2", "get2", ("KV-GET-1", "KV-GET-2"), "get"),
+        Check("b::get1", "get1", ("KV-GET-2",), "get"),
+        Check("c::upd", "upd", ("KV-UPD-1",), "update"),
+        Check("d::adv", "adv", ("KV-ADV-1",), "advance"),
+    ]
+    shares = max_scores(rubric, checks)
+    assert shares == {"a::get2": 675, "b::get1": 225, "c::upd": 100, "d::adv": 0}
+    assert [rubric.visibility_of(c) for c in checks] == ["after_due_date", "after_published", "hidden", "after_published"]
+
+
+@pytest.mark.parametrize(
+    "text, fragment",
+    [
+        ("[groups]\nnot_a_group = 3\n", "unknown group 'not_a_group'"),
+        ('[groups]\nget = 3\n[clauses."KV-NOPE-1"]\nweight = 1\n', "unknown clause 'KV-NOPE-1'"),
+        ("[groups]\nget = -1\n", "must be a number >= 0"),
+        ('[groups]\nget = "ten"\n', "must be a number >= 0"),
+        ("[groups]\nget = 0\n", "every group has 0 points"),
+        ("[rubric]\nname = 'x'\n", "no [groups] table"),
+        ('[groups]\nget = 1\n[rubric]\nvisibility = "secret"\n', "must be one of visible"),
+        ("[groups]\nget = 1\n[extra]\nx = 1\n", "unknown key 'extra'"),
+        ('[groups]\nget = 1\n[clauses."KV-GET-1"]\nweight = 0\n', "must be a number > 0"),
+        ("[groups\nget = 1\n", "not valid TOML"),
+    ],
+)
+def test_bad_rubrics_are_refused_with_a_message(tmp_path: Path, text: str, fragment: str) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text(text)
+    with pytest.raises(RubricError, match=None) as info:
+        load(path)
+    assert fragment in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_unknown_check_name_is_refused_after_collection() -> None:
+    rubric = parse({"groups": {"get": 1}, "checks": {"test_nope": {"visibility": "hidden"}}}, "x.toml")
+    with pytest.raises(RubricError, match="unknown check 'test_nope'"):
+        rubric.validate_checks(synthetic_checks())
+
+
+def test_missing_rubric_file() -> None:
+    with pytest.raises(RubricError, match="cannot read rubric"):
+        load("/nonexistent/rubric.toml")
+
+
+def test_results_json_is_gradescope_format_and_agrees_with_the_other_reports(tmp_path: Path) -> None:
+    nasty = "bad\x00control \x1b[31m chars ``` fence </failure> & ]]>"
+    grade = grade_of({"test_get.py::test_0": False, "test_reset.py::test_1": False}, message=nasty)
+    written = reports.write_reports(grade, tmp_path)
+    assert sorted(p.name for p in written) == ["junit.xml", "report.md", "results.json"]
+    data = json.loads((tmp_path / "results.json").read_text())
+    assert gradescope_problems(data) == []
+    assert data["score"] == grade.total / 100
+    suite = ET.parse(tmp_path / "junit.xml").getroot().find("testsuite")
+    assert suite is not None
+    own = suite.find("properties")
+    assert own is not None
+    props = {p.get("name"): p.get("value") for p in own if p.get("name") in ("score", "max_score")}
+    assert props == {"score": fmt(grade.total), "max_score": "100"}
+    assert suite.get("failures") == "2" and suite.get("tests") == str(len(data["tests"]))
+    md = (tmp_path / "report.md").read_text()
+    assert f"**Score: {fmt(grade.total)} / 100**" in md
+    assert md.count("### get: ") == 1 and md.count("### reset: ") == 1
+    failures = [t for t in data["tests"] if t["status"] == "failed"]
+    assert [t["output"] for t in failures] == [nasty, nasty]
+
+
+def test_gradescope_validator_rejects_what_it_should() -> None:
+    good = json.loads(reports.results_json(grade_of({})))
+    assert gradescope_problems(good) == []
+    for mutate in (
+        lambda d: d.pop("score"),
+        lambda d: d["tests"][0].update(visibility="public"),
+        lambda d: d["tests"][0].update(tags=["KV-GET-1"]),
+        lambda d: d["tests"][0].update(tags=["KV-GET-1", "get", "reset"]),
+        lambda d: d["tests"][0].update(score=99),
+        lambda d: d.update(score=1234),
+        lambda d: d["tests"][0].pop("max_score"),
+    ):
+        bad = json.loads(json.dumps(good))
+        mutate(bad)
+        assert gradescope_problems(bad), mutate
+
+
+def test_reports_are_deterministic() -> None:
+    a, b = grade_of({"test_get.py::test_0": False}), grade_of({"test_get.py::test_0": False})
+    a.execution_time, b.execution_time = 1.0, 99.0
+    strip = lambda g: {k: v for k, v in reports.results_dict(g).items() if k != "execution_time"}  # noqa: E731
+    assert strip(a) == strip(b)
+    assert reports.report_md(a) == reports.report_md(b)
+
+
+def test_import_failure_gates_the_other_outputs() -> None:
+    checks = synthetic_checks()
+    result = RunResult([Outcome(c, False, "ImportError: Traceback ... student line 3" if c.group == "import" else "could not be checked", 0) for c in checks])
+    tests, _ = score(result, load())
+    assert sum(t.score for t in tests) == 0
+    imp = next(t for t in tests if t.check.group == "import")
+    assert "student line 3" in imp.output
+    assert all("could not be loaded" in t.output for t in tests if t.check.group != "import")
+
+
+def test_out_dir_removes_what_appeared_and_replaces_reports(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    (out / "results.json").write_text('{"score": 100}')
+    d = reports.OutDir(out, batch=False)
+    assert not (out / "results.json").exists()  # an old report never survives a run
+    (out / "results.json").mkdir()  # a submission plants a directory where the report goes
+    (out / "evil.txt").write_text("forged")
+    d.clean()
+    reports.write_reports(grade_of({}), out)
+    assert sorted(p.name for p in out.iterdir()) == ["junit.xml", "keep.txt", "report.md", "results.json"]
+    assert json.loads((out / "results.json").read_text())["score"] == 100.0
+
+
+def test_gradebook_and_class_summary() -> None:
+    alice = grade_of({"test_get.py::test_0": False, "test_reset.py::test_0": False})
+    alice.submission = "alice"
+    bob = grade_of({"test_get.py::test_1": False})
+    bob.submission = "bob"
+    rows = list(csv.reader(io.StringIO(batch.gradebook_csv([alice, bob]))))
+    assert rows[0][:3] == ["submission", "total", "max"] and "get" in rows[0] and "reset" in rows[0]
+    assert [r[0] for r in rows[1:]] == ["alice", "bob"]
+    assert rows[1][1] == fmt(alice.total) and rows[2][1] == fmt(bob.total)
+    summary = batch.class_summary_md([alice, bob])
+    table = [line for line in summary.splitlines() if line.startswith("| KV-")]
+    assert table[0].startswith("| KV-GET-1 | get | 2 of 2")
+    assert table[1].startswith("| KV-RST-1 | reset | 1 of 2")
+    assert all("| 0 of 2 |" in line for line in table[2:])
+
+
+def test_batch_names_are_unique(tmp_path: Path) -> None:
+    paths = [tmp_path / "a" / "sub", tmp_path / "b" / "sub", tmp_path / "c" / "Sub"]
+    assert [m.name for m in batch.name_members(paths)] == ["sub", "sub-2", "Sub-3"]
