@@ -33,6 +33,13 @@ def coverage(session: nox.Session) -> None:
 
 
 @nox.session(python=PYTHON)
+def bench(session: nox.Session) -> None:
+    """Decode benchmark of the reference: figures, never assertions (docs/benchmark.md). ARGS: --quick, --out DIR."""
+    session.install("-e", ".[plot,bench]")
+    session.run("python", "-m", "bench.decode", *session.posargs)
+
+
+@nox.session(python=PYTHON)
 def grade(session: nox.Session) -> None:
     """python -m spec grade ARGS in a fresh environment; no ARGS grades the bundled reference."""
     session.install("-e", ".")

@@ -638,6 +638,16 @@ def test_forward_computes_the_textbook_gpt(config: dict[str, int], data_: st.Dat
     assert_logits_close(data(model.forward(np.array([tokens])))[0], naive_forward(model, tokens), f"{config}")
 
 
+def test_attention_without_a_mask_attends_everywhere() -> None:
+    model = small_model()
+    attention = model.blocks[0].attention
+    x = Tensor(np.random.default_rng(0).standard_normal((1, 4, 8)))
+    causal = data(attention.forward(x, Tensor(np.tril(np.ones((4, 4))))))
+    open_ = data(attention.forward(x))
+    np.testing.assert_allclose(open_[0, -1], causal[0, -1], rtol=1e-5, atol=1e-6)  # the last query sees all keys either way
+    assert not np.allclose(open_[0, 0], causal[0, 0])  # the first one only its own key under the mask
+
+
 # -- start_pos ------------------------------------------------------------------------------------
 
 
