@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from hypothesis import given
 
-from spec.checks.test_model import DecodeCase, decode_cases, tokens_array
+from spec.checks._model import DecodeCase, decode_cases, tokens_array
 from spec.clauses import checks
 from spec.driver import Driver, ModelState
 from spec.session import Session

@@ -12,7 +12,7 @@ import numpy as np
 from hypothesis import given
 from hypothesis import strategies as st
 
-from spec.checks.test_model import decode, token_lists, tokens_array, uncached_rows, well_conditioned
+from spec.checks._model import decode, token_lists, tokens_array, uncached_rows, well_conditioned
 from spec.clauses import checks
 from spec.driver import Driver, FloatArray, ModelConfig
 from spec.session import ModelRef, Session

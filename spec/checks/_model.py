@@ -1,0 +1,193 @@
+"""Helpers shared by the model-level checks (groups model, non-invasive, memoization):
+strategies for small GPTs and token sequences, the decode protocol, and the diagnosis of
+a wrong decode step from what the cache holds.
+
+The model is the reference GPT built around the submission's own Tensor class; it owns
+positions (`forward(tokens, start_pos)`), so the submission owns only attention. The
+decode protocol (contract sheet): `cache = enable_kv_cache(model)`, then for each token t
+`model.forward([[tok]], start_pos=t)` and `cache.advance()`; step t must give row t of
+the uncached forward of all the tokens.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from hypothesis import strategies as st
+
+from spec.driver import FloatArray, IntArray, ModelConfig, SubmissionCrashed, SubmissionRaised
+from spec.session import CacheRef, ModelRef, Session
+from spec.strategies import model_configs
+
+# Tolerance of KV-MOD-2 (and of every "equal to uncached" comparison in these files).
+# Measured on the reference (cached vs uncached logits, every decode step, random GPTs with
+# embed_dim >= 6 from model_configs): the largest difference over ~25,000 models was
+# 4.5e-6 absolute on logits of magnitude up to ~5, i.e. at most 4% of this tolerance.
+# Models with embed_dim 2 or 4 are ill-conditioned: LayerNorm over 2-4 features turns a
+# rounding difference of 1e-7 into up to 2.1e-4 (seen with embed_dim=2), so correct code
+# could fail there; the comparisons below use only embed_dim >= 6 (well_conditioned()).
+RTOL = 1e-4
+ATOL = 1e-4
+MIN_EMBED_DIM = 6
+REQUIRED_ATTRIBUTES = ("embed_dim", "num_layers", "num_heads", "max_seq_len", "blocks")
+
+
+# -- cases ---------------------------------------------------------------------------
+
+
+def well_conditioned() -> st.SearchStrategy[ModelConfig]:
+    return model_configs().filter(lambda c: c.embed_dim >= MIN_EMBED_DIM)
+
+
+def token_lists(config: ModelConfig, min_size: int, max_size: int) -> st.SearchStrategy[list[int]]:
+    return st.lists(st.integers(0, config.vocab_size - 1), min_size=min_size, max_size=max_size)
+
+
+@dataclass(frozen=True)
+class DecodeCase:
+    """A model and the tokens to decode through its cache (a whole sequence, prompt included)."""
+
+    config: ModelConfig
+    tokens: list[int]
+
+
+@st.composite
+def decode_cases(draw: st.DrawFn, min_len: int = 1, conditioned: bool = True) -> DecodeCase:
+    config = draw(well_conditioned() if conditioned else model_configs())
+    return DecodeCase(config, draw(token_lists(config, min_len, config.max_seq_len)))
+
+
+@dataclass(frozen=True)
+class GreedyCase:
+    config: ModelConfig
+    prompt: list[int]
+    new_tokens: int
+
+
+@st.composite
+def greedy_cases(draw: st.DrawFn) -> GreedyCase:
+    config = draw(well_conditioned())
+    prompt = draw(token_lists(config, 1, config.max_seq_len - 1))
+    return GreedyCase(config, prompt, draw(st.integers(1, config.max_seq_len - len(prompt))))
+
+
+@dataclass(frozen=True)
+class PromptCase:
+    """Decode `decoded` first, then run `probe` (two or more tokens) at `start_pos` in one forward."""
+
+    config: ModelConfig
+    decoded: list[int]
+    probe: list[int]
+    start_pos: int
+
+
+@st.composite
+def prompt_cases(draw: st.DrawFn) -> PromptCase:
+    config = draw(well_conditioned())
+    decoded = draw(token_lists(config, 0, config.max_seq_len))
+    probe = draw(token_lists(config, 2, config.max_seq_len))
+    start_pos = draw(st.integers(0, config.max_seq_len - len(probe)))
+    return PromptCase(config, decoded, probe, start_pos)
+
+
+@dataclass(frozen=True)
+class TwoSequences:
+    config: ModelConfig
+    first: list[int]
+    second: list[int]
+
+
+@st.composite
+def two_sequences(draw: st.DrawFn) -> TwoSequences:
+    config = draw(well_conditioned())
+    return TwoSequences(
+        config,
+        draw(token_lists(config, 1, config.max_seq_len)),
+        draw(token_lists(config, 1, config.max_seq_len)),
+    )
+
+
+# -- helpers shared by the model-level checks ------------------------------------------
+
+
+def tokens_array(tokens: list[int]) -> IntArray:
+    return np.array([tokens], dtype=np.int64)
+
+
+def close(got: FloatArray, expected: FloatArray) -> bool:
+    return got.shape == expected.shape and bool(np.allclose(got, expected, rtol=RTOL, atol=ATOL))
+
+
+def last_line(s: Session) -> str:
+    return s.script.lines[-1]
+
+
+def uncached_rows(s: Session, model: ModelRef, tokens: list[int], name: str = "full") -> FloatArray:
+    """Row t = the uncached logits of position t; recorded in the script as `name`."""
+    logits = model.forward_recorded(tokens_array(tokens))
+    s.record(f"{name} = logits.data[0]  # uncached logits: decode step t must return {name}[t]")
+    rows: FloatArray = logits[0]
+    return rows
+
+
+def step_hint(s: Session, cache: CacheRef, config: ModelConfig, step: int) -> str:
+    """Why step `step` of a decode may have gone wrong, from what the cache holds (public `get`)."""
+    if step == 0:
+        return (
+            "at step 0 the token attends only to itself, so the cached path must give exactly what the "
+            "original attention gives: does each layer's patched attention use its own block's q/k/v/out "
+            "projections? A closure over the loop variable (`for block in model.blocks: def forward(x): ... "
+            "block.attention ...`) makes every layer use the last block."
+        )
+    generic = (
+        "step 0 was right, so each token's own projections are fine; the cached prefix is used wrongly. "
+        "Attend over cache.get(layer_idx) plus the current token, keys as keys and values as values, "
+        "scores scaled by 1/sqrt(head_dim), each layer reading its own layer_idx."
+    )
+    try:
+        prefixes = [cache.get(layer) for layer in range(config.num_layers)]
+    except (SubmissionRaised, SubmissionCrashed):
+        return generic
+    want = (1, config.num_heads, step, config.embed_dim // config.num_heads)
+    if any(k.shape != want or v.shape != want for k, v in prefixes):
+        return generic + f" (cache.get returned shapes {[k.shape for k, _ in prefixes]}, expected {want} for each layer)"
+    empty = [layer for layer, (k, v) in enumerate(prefixes) if not k.any() and not v.any()]
+    if empty and len(empty) < config.num_layers:
+        return (
+            f"layer(s) {empty} of the cache hold only zeros while others were written: does every layer "
+            "update and read its own layer_idx? A closure over the loop variable makes every layer use the "
+            "last layer's index."
+        )
+    first_missing = [layer for layer, (k, _) in enumerate(prefixes) if not k[:, :, 0, :].any()]
+    if first_missing:
+        return (
+            f"position 0 of the cache holds zeros (layer(s) {first_missing}): the first token (seq_pos == 0) "
+            "must be cached too; sending it down the original path leaves it out of every later step."
+        )
+    return generic
+
+
+def decode(
+    s: Session,
+    model: ModelRef,
+    cache: CacheRef,
+    config: ModelConfig,
+    tokens: list[int],
+    expected: FloatArray | None,
+    clause: str,
+    name: str = "full",
+    context: str = "",
+) -> None:
+    """The decode protocol; if `expected` is given, step t must return expected[t] (KV-MOD-2's tolerance)."""
+    for t, tok in enumerate(tokens):
+        logits = model.forward_recorded(tokens_array([tok]), start_pos=t)
+        if expected is not None:
+            row = logits[0, 0] if logits.shape[:2] == (1, 1) else logits
+            if not close(row, expected[t]):
+                hint = context + step_hint(s, cache, config, t)
+                if row.shape == expected[t].shape:
+                    hint += f" (step {t}: max |difference| {np.abs(row - expected[t]).max():.3g})"
+                s.script.lines[-1] += f"  # compare with {name}[{t}]"
+                raise s.fail(clause, expected[t], row, call=last_line(s), hint=hint)
+        cache.advance()
