@@ -76,8 +76,13 @@ class SubmissionRaised(Exception):
         return any(name in self.mro for name in names)
 
 
-class SubmissionCrashed(Exception):
-    """The submission's process died, hung past its budget, or broke the protocol."""
+class SubmissionCrashed(BaseException):
+    """The submission's process died, hung past its budget, or broke the protocol.
+
+    A BaseException, like KeyboardInterrupt, so Hypothesis stops at once instead of
+    replaying and shrinking: after a crash every call fails immediately, so replays would
+    fail at a different point (reported as Flaky) and each replay of a hang would cost a
+    full timeout. The check fails with this crash and the calls that led to it."""
 
     def __init__(self, kind: str, detail: str) -> None:
         super().__init__(f"{kind}: {detail}")

@@ -385,6 +385,7 @@ class IsolatedDriver(Driver):
             raise TypeError(f"cannot send {op}{args!r:.200} to the worker: {exc}") from None
         start = time.monotonic()
         deadline = start + limit
+        crash: tuple[str, str] | None = None
         try:
             protocol.write_with_deadline(worker.req_w, request, deadline)
             reply = protocol.parse(protocol.read_with_deadline(worker.resp_r, deadline))
@@ -397,21 +398,26 @@ class IsolatedDriver(Driver):
             raise protocol.ProtocolError("a response must hold exactly seq and ok, or seq and err")
         except protocol.Deadline:
             if kind == "timeout":
-                self._crashed("timeout", f"{_call_name(op)} did not return within {limit:g} s (KVSPEC_CALL_TIMEOUT); the worker was killed")
-            self._crashed(
-                "budget",
-                f"this check's calls took more than its budget of {self.check_budget:g} s in total (KVSPEC_CHECK_BUDGET); "
-                f"{_call_name(op)} was still running and the worker was killed",
-            )
+                crash = ("timeout", f"{_call_name(op)} did not return within {limit:g} s (KVSPEC_CALL_TIMEOUT); the worker was killed")
+            else:
+                crash = (
+                    "budget",
+                    f"this check's calls took more than its budget of {self.check_budget:g} s in total (KVSPEC_CHECK_BUDGET); "
+                    f"{_call_name(op)} was still running and the worker was killed",
+                )
         except protocol.PeerClosed:
             status = worker.exit_status(min(EXIT_GRACE, max(0.0, deadline - time.monotonic()) + 0.05))
             if status is None:
-                self._crashed("protocol", f"the worker closed its response pipe during {_call_name(op)}")
-            self._crashed(status[0], f"{status[1]} during {_call_name(op)}")
+                crash = ("protocol", f"the worker closed its response pipe during {_call_name(op)}")
+            else:
+                crash = (status[0], f"{status[1]} during {_call_name(op)}")
         except protocol.ProtocolError as exc:
-            self._crashed("protocol", f"{exc} (during {_call_name(op)})")
+            crash = ("protocol", f"{exc} (during {_call_name(op)})")
         finally:
             self.spent += time.monotonic() - start
+        # Raised here, outside the except blocks, so the crash carries no __context__: every
+        # report of it looks the same to Hypothesis.
+        self._crashed(*crash)
 
     def _raise_reported(self, op: str, err: dict[str, Any]) -> NoReturn:
         kind = err.get("kind")
@@ -440,7 +446,8 @@ class IsolatedDriver(Driver):
         try:
             return check(self._exchange(op, args, self.call_timeout))
         except protocol.ProtocolError as exc:
-            self._crashed("protocol", f"{exc} (in the result of {_call_name(op)})")
+            problem = f"{exc} (in the result of {_call_name(op)})"
+        self._crashed("protocol", problem)
 
     def _load(self) -> SubmissionInfo:
         """Start the worker and import the submission (once, under the import timeout)."""
@@ -456,7 +463,9 @@ class IsolatedDriver(Driver):
                 self._unavailable = (exc.detail, exc.traceback)
                 raise
             except protocol.ProtocolError as exc:
-                self._crashed("protocol", f"{exc} (in the result of describe())")
+                problem = f"{exc} (in the result of describe())"
+            if self._info is None:
+                self._crashed("protocol", problem)
         return self._info
 
     # -- output ------------------------------------------------------------------------
