@@ -547,6 +547,31 @@ def test_results_files_and_environment_stay_out_of_reach(tmp_path: Path, drivers
 # -- the whole suite under isolation ----------------------------------------------------
 
 
+def run_suite(tmp_path: Path, sub: Path, *args: str, env: dict[str, str] | None = None) -> tuple[subprocess.CompletedProcess[str], list[dict[str, object]]]:
+    """The suite in a pytest subprocess, isolated, quick profile; its verdicts."""
+    results = tmp_path / "results.json"
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("KVSPEC_", "PYTEST_XDIST", "PYTEST_CURRENT"))}
+    command = [
+        sys.executable, "-m", "pytest", "--pyargs", "spec.checks", "-p", "no:xdist", "-q", *args,
+        f"--kvspec-submission={sub}", "--kvspec-isolation=process", "--kvspec-profile=quick", f"--kvspec-results={results}",
+    ]  # fmt: skip
+    run = subprocess.run(command, cwd=tmp_path, env={**clean, **(env or {})}, capture_output=True, text=True, timeout=600)
+    verdicts = json.loads(results.read_text()) if results.exists() else []
+    return run, verdicts
+
+
+def test_a_hang_under_hypothesis_is_reported_as_a_timeout(tmp_path: Path) -> None:
+    """A crash stops Hypothesis at once: no replays that fail elsewhere (Flaky), no shrinking by timeouts."""
+    sub = tmp_path / "sub"
+    write_submission(sub, cache_class("def update(self, layer_idx, key, value):\n    while True:\n        pass\n"))
+    run, verdicts = run_suite(tmp_path, sub, "-k", "test_update_writes_in_place_and_keeps_seq_pos", env={"KVSPEC_CALL_TIMEOUT": "1"})
+    assert run.returncode == 1, run.stdout[-3000:] + run.stderr[-3000:]
+    (verdict,) = verdicts
+    message = str(verdict["message"])
+    assert "timeout: update() did not return within 1 s" in message and "check itself failed" not in message
+    assert "cache.update(" in message  # the calls that led to the hang
+
+
 def test_suite_under_isolation_never_imports_the_submission_into_the_grader(tmp_path: Path) -> None:
     """A full quick run over a tinytorch-layout submission (the reference, re-exported, which
     also leaves a sleeping child behind in every worker): everything passes, the grader's
@@ -582,20 +607,13 @@ def test_suite_under_isolation_never_imports_the_submission_into_the_grader(tmp_
             """
         )
     )
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("KVSPEC_", "PYTEST_XDIST", "PYTEST_CURRENT"))}
-    env["PYTHONPATH"] = os.pathsep.join([str(probe)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
-    results = tmp_path / "results.json"
-    command = [
-        sys.executable, "-m", "pytest", "--pyargs", "spec.checks", "-p", "kvspec_probe", "-p", "no:xdist", "-q",
-        f"--kvspec-submission={sub}", "--kvspec-isolation=process", "--kvspec-profile=quick", f"--kvspec-results={results}",
-    ]  # fmt: skip
-    run = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    pythonpath = os.pathsep.join([str(probe)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])
+    run, verdicts = run_suite(tmp_path, sub, "-p", "kvspec_probe", env={"PYTHONPATH": pythonpath})
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     grader = json.loads(modules.read_text())
     assert not [m for m in grader["modules"] if m.split(".")[0] in ("tinytorch", "memoization")]
     assert not [f for f in grader["files"] if f.startswith(str(sub))]
     rows = [line.split() for line in pids.read_text().splitlines()]
-    verdicts = json.loads(results.read_text())
     assert verdicts and all(v["passed"] for v in verdicts)
     assert len(rows) >= len(verdicts), "every check ran the submission in a worker of its own"
     assert all(int(worker) != grader["pid"] for worker, _ in rows)
@@ -613,14 +631,9 @@ def test_a_failed_check_reports_what_the_worker_printed(tmp_path: Path) -> None:
     )
     sub = tmp_path / "sub"
     write_submission(sub, body)
-    results = tmp_path / "results.json"
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("KVSPEC_", "PYTEST_XDIST", "PYTEST_CURRENT"))}
-    command = [
-        sys.executable, "-m", "pytest", "--pyargs", "spec.checks", "-p", "no:xdist", "-q", "-k", "test_attributes_read_back_as_given",
-        f"--kvspec-submission={sub}", "--kvspec-isolation=process", "--kvspec-profile=quick", f"--kvspec-results={results}",
-    ]  # fmt: skip
-    run = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    run, verdicts = run_suite(tmp_path, sub, "-k", "test_attributes_read_back_as_given")
     assert run.returncode == 1, run.stdout[-3000:] + run.stderr[-3000:]
-    (verdict,) = json.loads(results.read_text())
-    assert not verdict["passed"] and "KV-CON-1" in verdict["message"]
-    assert "What your code printed (stdout and stderr):\nDEBUG: building my cache (" in verdict["message"]
+    (verdict,) = verdicts
+    message = str(verdict["message"])
+    assert not verdict["passed"] and "KV-CON-1" in message
+    assert "What your code printed (stdout and stderr):\nDEBUG: building my cache (" in message
