@@ -1,0 +1,263 @@
+"""`python -m spec grade` end to end, as instructors and Gradescope run it (subprocesses).
+
+Kept fast: the quick profile, small submissions, `--isolation none` wherever isolation is
+not what the test is about (the zoo grades hostile submissions under isolation).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import time
+import xml.etree.ElementTree as ET
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+try:
+    from test_grader_rubric import gradescope_problems
+except ImportError:  # tests/ imported as a package
+    from tests.test_grader_rubric import gradescope_problems
+
+ROOT = Path(__file__).resolve().parent.parent
+BUGGY = ROOT / "examples" / "buggy-submission"
+GOOD = "from reference.memoization import Tensor, KVCache, enable_kv_cache, disable_kv_cache\n"
+BROKEN = "import numpy as np\n\n\ndef helper():\n    return 1 / 0\n\n\nhelper()  # a student's leftover debugging call\n"
+
+
+def grade(*args: str | Path, cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "spec", "grade", *map(str, args)], cwd=cwd, capture_output=True, text=True, timeout=timeout
+    )
+
+
+def loose(directory: Path, source: str) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "memoization.py").write_text(source)
+    return directory
+
+
+def results(out: Path) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads((out / "results.json").read_text())
+    return data
+
+
+def scores(data: dict[str, Any]) -> list[tuple[str, float, float, str]]:
+    return [(t["name"], t["score"], t["max_score"], t["status"]) for t in data["tests"]]
+
+
+# -- exit code 2: the grader could not run ----------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    d = tmp_path_factory.mktemp("cli")
+    (d / "empty").mkdir()
+    (d / "bad-group.toml").write_text("[groups]\ngets = 10\n")
+    (d / "bad-clause.toml").write_text('[groups]\nget = 10\n[clauses."KV-GET-9"]\nweight = 2\n')
+    (d / "bad-check.toml").write_text('[groups]\nget = 10\n[checks."test_no_such_check"]\nvisibility = "hidden"\n')
+    (d / "not-toml.toml").write_text("[groups\n")
+    return d
+
+
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        (["no-such-dir"], "'no-such-dir' does not exist"),
+        (["empty"], "no cache module under empty"),
+        (["--profile", "fast"], "invalid choice: 'fast'"),
+        (["--jobs", "0"], "--jobs must be at least 1"),
+        (["--seed", "x"], "invalid int value: 'x'"),
+        (["--fail-under", "-5"], "--fail-under must be"),
+        (["--tensor", "tensor.Tensor"], "--tensor takes dotted.module:ClassName"),
+        (["--isolation", "thread"], "invalid choice: 'thread'"),
+        (["--bogus"], "unrecognized arguments: --bogus"),
+        (["--rubric", "bad-group.toml"], "unknown group 'gets'"),
+        (["--rubric", "bad-clause.toml"], "unknown clause 'KV-GET-9'"),
+        (["--rubric", "not-toml.toml"], "is not valid TOML"),
+        (["--rubric", "missing.toml"], "cannot read rubric 'missing.toml'"),
+        (["--rubric", "bad-check.toml"], "unknown check 'test_no_such_check'"),
+        (["empty", "--module", "tinytorch.perf.memoization"], "module 'tinytorch.perf.memoization' not found"),
+    ],
+)
+def test_usage_errors_exit_2_with_one_line(workdir: Path, args: list[str], fragment: str) -> None:
+    proc = grade(*args, "--out", "out", cwd=workdir)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("python -m spec grade: error: "), proc.stderr
+    assert fragment in lines[0]
+    assert "Traceback" not in proc.stdout + proc.stderr
+    assert not (workdir / "out" / "results.json").exists()
+
+
+@pytest.mark.parametrize("argv", [[], ["grades"]])
+def test_python_m_spec_without_the_grade_command(argv: list[str], tmp_path: Path) -> None:
+    proc = subprocess.run([sys.executable, "-m", "spec", *argv], cwd=tmp_path, capture_output=True, text=True)
+    assert proc.returncode == 2 and "usage: python -m spec grade" in proc.stderr and "Traceback" not in proc.stderr
+
+
+# -- graded runs ------------------------------------------------------------------------------
+
+
+def test_reference_gets_full_marks_and_the_reports_agree(tmp_path: Path) -> None:
+    proc = grade("--profile", "quick", "--isolation", "none", "--out", "report", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    out = tmp_path / "report"
+    data = results(out)
+    assert gradescope_problems(data) == []
+    assert data["score"] == 100.0 == round(sum(t["max_score"] for t in data["tests"]), 2)
+    assert all(t["status"] == "passed" for t in data["tests"])
+    assert "kvspec grade: reference: 100/100 points" in proc.stdout and "failing checks: none" in proc.stdout
+    suite = ET.parse(out / "junit.xml").getroot().find("testsuite")
+    assert suite is not None and suite.get("failures") == "0" and suite.get("tests") == str(len(data["tests"]))
+    own = suite.find("properties")
+    assert own is not None and {p.get("name"): p.get("value") for p in own}["score"] == "100"
+    names = {c.get("name") for c in suite.iter("testcase")}
+    assert names == {t["name"].split(": ", 1)[1] for t in data["tests"]}
+    assert "**Score: 100 / 100**" in (out / "report.md").read_text()
+
+
+@pytest.fixture(scope="module")
+def buggy_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[subprocess.CompletedProcess[str], dict[str, Any], Path]]:
+    d = tmp_path_factory.mktemp("buggy")
+    runs = {}
+    for name, extra in (("jobs2", ["--jobs", "2", "--fail-under", "100"]), ("jobs1", ["--jobs", "1", "--fail-under", "10"])):
+        proc = grade(BUGGY, "--profile", "quick", "--isolation", "none", "--out", name, *extra, cwd=d)
+        runs[name] = (proc, results(d / name), d / name)
+    return runs
+
+
+def test_buggy_submission_below_fail_under_exits_1(buggy_runs: dict[str, Any]) -> None:
+    proc, data, out = buggy_runs["jobs2"]
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "below --fail-under 100: buggy-submission" in proc.stdout
+    assert gradescope_problems(data) == []
+    assert 0 < data["score"] < 100
+    failed = {t["tags"][-1] for t in data["tests"] if t["status"] == "failed"}
+    assert {"get", "reset"} <= failed
+    report = (out / "report.md").read_text()
+    assert "Minimal example (run it from your submission's directory):" in report
+    assert "from tinytorch.perf.memoization import KVCache" in report
+
+
+def test_at_or_above_fail_under_exits_0(buggy_runs: dict[str, Any]) -> None:
+    proc, data, _ = buggy_runs["jobs1"]
+    assert data["score"] >= 10 and proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_scores_are_identical_with_any_jobs(buggy_runs: dict[str, Any]) -> None:
+    (_, one, _), (_, two, _) = buggy_runs["jobs1"], buggy_runs["jobs2"]
+    assert json.dumps(scores(one)) == json.dumps(scores(two))
+    assert one["score"] == two["score"]
+    assert [t["output"] for t in one["tests"]] == [t["output"] for t in two["tests"]]
+
+
+def test_import_failure_is_a_graded_zero_with_the_traceback(tmp_path: Path) -> None:
+    loose(tmp_path / "broken", BROKEN)
+    start = time.monotonic()
+    proc = grade("broken", "--profile", "quick", "--out", "out", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    data = results(tmp_path / "out")
+    assert gradescope_problems(data) == []
+    assert data["score"] == 0
+    (imp,) = [t for t in data["tests"] if "import" in t["tags"]]
+    assert "ZeroDivisionError" in imp["output"] and "Traceback" in imp["output"] and "helper()" in imp["output"]
+    others = [t for t in data["tests"] if "import" not in t["tags"]]
+    assert others and all("could not be loaded" in t["output"] for t in others)
+    assert "ZeroDivisionError" in (tmp_path / "out" / "report.md").read_text()
+    assert time.monotonic() - start < 60  # the other checks are not run one by one
+
+
+HOSTILE = '''
+import json, os
+
+OUT = {out!r}
+os.makedirs(OUT, exist_ok=True)
+with open(os.path.join(OUT, "results.json"), "w") as f:
+    json.dump({{"score": 100, "tests": [{{"name": "all", "score": 100, "max_score": 100}}]}}, f)
+with open(os.path.join(OUT, "pwned.txt"), "w") as f:
+    f.write("written by the submission")
+
+# Find the grader's verdict stream on an ancestor's command line and forge passes into it.
+pid = os.getppid()
+for _ in range(8):
+    try:
+        args = open(f"/proc/{{pid}}/cmdline", "rb").read().split(b"\\0")
+    except OSError:
+        break
+    for arg in args:
+        name, _, value = arg.decode(errors="replace").partition("=")
+        if name == "--kvspec-grader-stream":
+            with open(value, "a") as f:
+                verdict = {{"nodeid": "test_import.py::test_module_imports_and_defines_the_api",
+                           "name": "test_module_imports_and_defines_the_api", "clauses": ["KV-IMP-1"],
+                           "group": "import", "passed": True, "message": "", "duration": 0.0}}
+                f.write(json.dumps({{"verdict": verdict, "mac": "0" * 64}}) + "\\n")
+        if name == "--kvspec-results":
+            with open(value, "w") as f:
+                f.write("[]")
+    try:
+        pid = int(open(f"/proc/{{pid}}/stat").read().rsplit(")", 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
+        break
+
+
+raise ImportError("nothing to see here")  # so the import check fails: its forged pass must not count
+'''
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc, as an attacker on Linux would")
+def test_a_submission_cannot_plant_or_forge_results(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    loose(tmp_path / "hostile", HOSTILE.format(out=str(out)))
+    proc = grade("hostile", "--profile", "quick", "--out", "out", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["junit.xml", "report.md", "results.json"]
+    data = results(out)
+    assert gradescope_problems(data) == []
+    assert data["score"] == 0 and len(data["tests"]) > 1
+    (imp,) = [t for t in data["tests"] if "import" in t["tags"]]
+    assert imp["status"] == "failed" and "nothing to see here" in imp["output"]
+    assert "failed authentication and were ignored" in (out / "report.md").read_text()
+
+
+def test_the_whole_run_has_a_hard_time_limit(tmp_path: Path) -> None:
+    loose(tmp_path / "hangs", GOOD.replace("KVCache, ", "") + "\n\nclass KVCache:\n    def __init__(self, *args):\n        while True:\n            pass\n")
+    start = time.monotonic()
+    proc = grade("hangs", "--profile", "quick", "--time-limit", "8", "--out", "out", cwd=tmp_path)
+    elapsed = time.monotonic() - start
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    data = results(tmp_path / "out")
+    assert gradescope_problems(data) == []
+    cache_checks = [t for t in data["tests"] if {"construction", "update", "get"} & set(t["tags"])]
+    assert cache_checks and all(t["score"] == 0 for t in cache_checks)
+    assert "time limit of 8 s" in data["output"]
+    assert elapsed < 60, elapsed
+
+
+def test_batch_grades_a_class_directory(tmp_path: Path) -> None:
+    klass = tmp_path / "class"
+    shutil.copytree(BUGGY, klass / "alice", ignore=shutil.ignore_patterns("__pycache__"))
+    loose(klass / "bob", BROKEN)
+    (klass / "carol").mkdir()  # uploaded nothing we can grade
+    (klass / "carol" / "README.txt").write_text("sorry")
+    proc = grade("class", "--profile", "quick", "--isolation", "none", "--out", "out", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    out = tmp_path / "out"
+    for name in ("alice", "bob", "carol"):
+        assert sorted(p.name for p in (out / name).iterdir()) == ["junit.xml", "report.md", "results.json"]
+        assert gradescope_problems(results(out / name)) == []
+    rows = [line.split(",") for line in (out / "gradebook.csv").read_text().splitlines()]
+    assert rows[0][:3] == ["submission", "total", "max"]
+    totals = {r[0]: float(r[1]) for r in rows[1:]}
+    assert set(totals) == {"alice", "bob", "carol"}
+    assert totals["bob"] == totals["carol"] == 0 < totals["alice"] == results(out / "alice")["score"]
+    assert "no cache module under" in results(out / "carol")["tests"][0]["output"]
+    summary = (out / "class-summary.md").read_text()
+    table = [line for line in summary.splitlines() if line.startswith("| KV-")]
+    counts = [int(line.split("|")[3].split(" of ")[0]) for line in table]
+    assert counts == sorted(counts, reverse=True) and counts[0] == 3 and counts[-1] == 2
+    assert any(line.startswith("| KV-GET-1 ") and "| 3 of 3 |" in line for line in table)
