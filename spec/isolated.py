@@ -13,7 +13,7 @@ so a hang or a crash costs only the check in flight. Budgets (each raises
 SubmissionCrashed and kills the worker's whole process group):
 
   call timeout   KVSPEC_CALL_TIMEOUT, or call_timeout=      (default 10 s per call)
-  import         KVSPEC_IMPORT_TIMEOUT, or import_timeout=  (default 30 s: start + import)
+  import         KVSPEC_IMPORT_TIMEOUT, or import_timeout=  (default 30 s to start, and again to import)
   check budget   KVSPEC_CHECK_BUDGET, or check_budget=      (default 60 s of calls per driver)
   memory         KVSPEC_WORKER_MEMORY_MB, or memory_mb=     (default 4096; RLIMIT_AS; 0 = none)
 
@@ -21,9 +21,11 @@ After a crash every later call raises the same SubmissionCrashed at once; there 
 respawn within a driver. `captured_output()` returns what the worker wrote to its stdout
 and stderr: the first and last 32 KiB, with the number of bytes left out between.
 
-The worker runs in a fresh empty temporary directory (its cwd, deleted on close), with
-KVSPEC_*, PYTEST_* and HYPOTHESIS_* removed from its environment, PYTHONHASHSEED=0, and
-single-threaded BLAS. See docs/threat-model.md for what this does and does not defend.
+The worker runs in a fresh empty temporary directory (its cwd, deleted on close), with an
+environment built from a short allow-list (PATH, HOME, LANG, LC_*, TMPDIR, ...: no
+KVSPEC_*, PYTEST_*, HYPOTHESIS_* or other variables of the grader), PYTHONHASHSEED=0, and
+single-threaded BLAS. If importing the submission times out, later drivers for the same
+target in this process fail at once with the same timeout rather than wait again. See docs/threat-model.md for what this does and does not defend.
 """
 
 from __future__ import annotations
@@ -68,7 +70,12 @@ DEFAULT_CHECK_BUDGET = 60.0
 DEFAULT_MEMORY_MB = 4096
 OUTPUT_HEAD = OUTPUT_TAIL = 32 * 1024
 EXIT_GRACE = 2.0  # seconds to wait for an exit status after the worker closed its pipe
-STRIPPED_ENV = ("KVSPEC_", "PYTEST_", "HYPOTHESIS_")
+# The worker's environment is built from these (and LC_*), not copied: the grader's own
+# settings (KVSPEC_RESULTS, PYTEST_*, HYPOTHESIS_*) and any secrets stay out of its os.environ.
+INHERITED_ENV = ("PATH", "HOME", "USER", "LOGNAME", "LANG", "LANGUAGE", "TZ", "TMPDIR", "TEMP", "TMP", "SYSTEMROOT", "COVERAGE_PROCESS_START")
+# Targets whose import hung past the import timeout in this process: later drivers fail at
+# once instead of each waiting out the same hang (an import is the same in every check).
+_IMPORT_HANGS: dict[Target, str] = {}
 
 
 class WorkerError(RuntimeError):
@@ -298,10 +305,8 @@ def _package_roots() -> list[str]:
 
 
 def _worker_env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(STRIPPED_ENV)}
-    for name in ("PYTHONSTARTUP", "PYTHONINSPECT", "PYTHONBREAKPOINT"):
-        env.pop(name, None)
-    existing = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+    env = {k: v for k, v in os.environ.items() if k in INHERITED_ENV or k.startswith("LC_")}
+    existing = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
     env["PYTHONPATH"] = os.pathsep.join(_package_roots() + existing)
     env["PYTHONHASHSEED"] = "0"  # same submission, same seed: same set and dict orders
     env["PYTHONDONTWRITEBYTECODE"] = "1"  # no __pycache__ left in the submission directory
@@ -456,11 +461,19 @@ class IsolatedDriver(Driver):
         if self._unavailable is not None:
             raise SubmissionUnavailable(*self._unavailable)
         if self._info is None:
-            self._start()
+            hang = _IMPORT_HANGS.get(self.target)
+            if hang is not None:
+                self._crash = ("timeout", f"{hang} (in an earlier check; not retried)")
+                self._fail_crashed()
             try:
+                self._start()
                 self._info = protocol.expect_info(self._exchange("describe", (), self.import_timeout))
             except SubmissionUnavailable as exc:
                 self._unavailable = (exc.detail, exc.traceback)
+                raise
+            except SubmissionCrashed as exc:
+                if exc.kind == "timeout":
+                    _IMPORT_HANGS[self.target] = exc.detail
                 raise
             except protocol.ProtocolError as exc:
                 problem = f"{exc} (in the result of describe())"

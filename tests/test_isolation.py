@@ -229,6 +229,19 @@ def test_exception_at_import_is_unavailable(tmp_path: Path, drivers: list[Isolat
     assert "my module is broken" in missing.value.detail and "memoization.py" in missing.value.traceback
 
 
+def test_an_import_that_hangs_is_waited_out_once_per_process(tmp_path: Path, drivers: list[IsolatedDriver]) -> None:
+    target = write_submission(tmp_path / "sub", "import time\ntime.sleep(600)\n")
+    first = make(drivers, target, import_timeout=1.0)
+    with pytest.raises(SubmissionCrashed) as crash:
+        first.describe()
+    assert crash.value.kind == "timeout" and "importing the submission did not return within 1 s" in crash.value.detail
+    second = make(drivers, target, import_timeout=1.0)
+    with pytest.raises(SubmissionCrashed) as again:
+        second.new_cache(1, 2, 1, 1, 1)
+    assert again.value.kind == "timeout" and again.value.detail.endswith("(in an earlier check; not retried)")
+    assert second._worker is None, "no worker is started for an import known to hang"
+
+
 def test_os_exit_at_import_is_a_crash_during_import(tmp_path: Path, drivers: list[IsolatedDriver]) -> None:
     target = write_submission(tmp_path / "sub", "os._exit(9)\n")
     with pytest.raises(SubmissionCrashed) as crash:
@@ -525,8 +538,9 @@ def test_results_files_and_environment_stay_out_of_reach(tmp_path: Path, drivers
     monkeypatch.chdir(grader_cwd)
     monkeypatch.setenv("KVSPEC_RESULTS", str(from_env))
     monkeypatch.setenv("PYTEST_ADDOPTS", "-p no:kvspec")
+    monkeypatch.setenv("GRADER_API_TOKEN", "s3cret")
     body = f"""
-    seen = {{"env": sorted(k for k in os.environ if k.startswith(("KVSPEC", "PYTEST", "HYPOTHESIS"))), "cwd": os.getcwd()}}
+    seen = {{"env": sorted(k for k in os.environ if k.startswith(("KVSPEC", "PYTEST", "HYPOTHESIS", "GRADER"))), "cwd": os.getcwd()}}
     pathlib.Path("results.json").write_text(json.dumps({{"score": 100}}))
     if os.environ.get("KVSPEC_RESULTS"):
         pathlib.Path(os.environ["KVSPEC_RESULTS"]).write_text(json.dumps({{"score": 100}}))
@@ -536,7 +550,7 @@ def test_results_files_and_environment_stay_out_of_reach(tmp_path: Path, drivers
     d = make(drivers, write_submission(sub, body))
     d.describe()
     seen = json.loads(leak.read_text())
-    assert seen["env"] == [], "the worker must not see the grader's KVSPEC_/PYTEST_/HYPOTHESIS_ variables"
+    assert seen["env"] == [], "the worker must not see the grader's variables (KVSPEC_RESULTS, PYTEST_*, secrets)"
     worker_cwd = Path(seen["cwd"])
     assert worker_cwd not in (grader_cwd, sub) and (worker_cwd / "results.json").exists()
     d.close()
