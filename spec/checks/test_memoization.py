@@ -16,6 +16,14 @@ from spec.driver import Driver, ModelState
 from spec.session import Session
 
 
+def closure_hint(layer: int, proj: str) -> str:
+    return (
+        f"layer {layer}'s {proj} never ran: is every layer's patched attention using its own block's projections? "
+        "A closure over the loop variable (`for block in model.blocks: def forward(x): ... block.attention ...`) "
+        "makes every layer use the last block's"
+    )
+
+
 def decode_counting(s: Session, case: DecodeCase) -> tuple[str, list[ModelState]]:
     """Enable, then decode every token; the model's state before the first step and after each."""
     model = s.new_model(case.config)
@@ -42,9 +50,10 @@ def test_keys_and_values_are_projected_once_per_token(driver: Driver, case: Deco
                 raise s.fail(
                     "KV-MEMO-1", counts[0] + n, counts[-1],
                     call=f"print({model}.blocks[{layer}].attention.{proj}.rows_seen)  # rows projected so far",
-                    hint=f"over {n} decode steps layer {layer}'s {proj} projected {per_step} rows per step; each step "
-                         "must project only the new token and take earlier keys and values from the cache "
-                         "(cache.get), computed once when their token was decoded",
+                    hint=closure_hint(layer, proj) if not any(per_step) else
+                    f"over {n} decode steps layer {layer}'s {proj} projected {per_step} rows per step; each step "
+                    "must project only the new token and take earlier keys and values from the cache "
+                    "(cache.get), computed once when their token was decoded",
                 )
 
 
@@ -60,6 +69,7 @@ def test_each_step_projects_the_query_of_the_new_token_only(driver: Driver, case
             raise s.fail(
                 "KV-MEMO-2", counts[0] + len(case.tokens), counts[-1],
                 call=f"print({model}.blocks[{layer}].attention.q_proj.rows_seen)  # rows projected so far",
-                hint=f"layer {layer}'s q_proj projected {per_step} rows per decode step, expected 1 each: only the new "
-                     "token's query is needed, earlier queries are never used again",
+                hint=closure_hint(layer, "q_proj") if not any(per_step) else
+                f"layer {layer}'s q_proj projected {per_step} rows per decode step, expected 1 each: only the new "
+                "token's query is needed, earlier queries are never used again",
             )
