@@ -274,7 +274,10 @@ class _Worker:
                     os.kill(target, signal.SIGKILL)
             except (ProcessLookupError, PermissionError):
                 pass
-        self.proc.wait()
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:  # stuck in the kernel (uninterruptible): give up, never hang
+            pass
         self.thread.join(1.0)  # end of file comes once every holder of the pipe is dead
         self.stop.set()
         self.thread.join(1.0)
