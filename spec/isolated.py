@@ -122,6 +122,23 @@ class _Output:
         return (bytes(self.head) + middle + tail).decode("utf-8", errors="replace")
 
 
+def harden_grader_process() -> bool:
+    """Linux: make this process non-dumpable (PR_SET_DUMPABLE 0), so a worker running as
+    the same non-root user cannot ptrace it or read its /proc/<pid>/mem, environ or fds
+    (where it keeps verdicts and, under the grader, the key of its verdict stream). No
+    effect against root (CAP_SYS_PTRACE); see docs/threat-model.md. True if it took effect."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(4, 0, 0, 0, 0)  # PR_SET_DUMPABLE
+        return bool(libc.prctl(3, 0, 0, 0, 0) == 0)  # PR_GET_DUMPABLE
+    except (OSError, AttributeError):
+        return False
+
+
 def _group_members(session: int) -> list[int]:
     """Processes in the worker's session (Linux /proc): catches children that moved to a
     new process group with setpgid. (setsid escapes this too: see docs/threat-model.md.)"""

@@ -55,6 +55,10 @@ def pytest_configure(config: pytest.Config) -> None:
         profiles.load(option(config, "profile") or profiles.DEFAULT_PROFILE, int(seed) if seed else profiles.DEFAULT_SEED)
     except ValueError as exc:
         raise pytest.UsageError(f"kvspec: {exc}") from None
+    if option(config, "isolation") == "process":
+        from spec.isolated import harden_grader_process
+
+        harden_grader_process()  # workers (same user) cannot ptrace or read this process
     results = option(config, "results")
     if results and not hasattr(config, "workerinput"):
         config.pluginmanager.register(Collector(Path(results)), "kvspec-collector")

@@ -613,11 +613,12 @@ def test_suite_under_isolation_never_imports_the_submission_into_the_grader(tmp_
     (probe / "kvspec_probe.py").write_text(
         textwrap.dedent(
             f"""
-            import json, os, sys
+            import ctypes, json, os, sys
             def pytest_sessionfinish(session):
                 files = [getattr(m, "__file__", None) or "" for m in list(sys.modules.values())]
+                dumpable = ctypes.CDLL(None).prctl(3, 0, 0, 0, 0)  # PR_GET_DUMPABLE
                 with open({str(modules)!r}, "w") as f:
-                    json.dump({{"pid": os.getpid(), "modules": sorted(sys.modules), "files": files}}, f)
+                    json.dump({{"pid": os.getpid(), "modules": sorted(sys.modules), "files": files, "dumpable": dumpable}}, f)
             """
         )
     )
@@ -627,6 +628,7 @@ def test_suite_under_isolation_never_imports_the_submission_into_the_grader(tmp_
     grader = json.loads(modules.read_text())
     assert not [m for m in grader["modules"] if m.split(".")[0] in ("tinytorch", "memoization")]
     assert not [f for f in grader["files"] if f.startswith(str(sub))]
+    assert grader["dumpable"] == 0, "the grader must be non-dumpable: a same-user worker cannot ptrace or read it"
     rows = [line.split() for line in pids.read_text().splitlines()]
     assert verdicts and all(v["passed"] for v in verdicts)
     assert len(rows) >= len(verdicts), "every check ran the submission in a worker of its own"
