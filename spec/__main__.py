@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import sys
 
-USAGE = "usage: python -m spec grade [SUBMISSION_DIR ...] [options]   (python -m spec grade --help)"
+USAGE = (
+    "usage: python -m spec grade [SUBMISSION_DIR ...] [options]   (python -m spec grade --help)\n"
+    "       python -m spec rubric      print the default rubric (a starting point for --rubric FILE)"
+)
 
 
 def main(argv: list[str]) -> int:
@@ -12,6 +15,11 @@ def main(argv: list[str]) -> int:
         from spec.grader.cli import main as grade
 
         return grade(argv[1:])
+    if argv == ["rubric"]:
+        from spec.grader.rubric import DEFAULT_RUBRIC
+
+        sys.stdout.write(DEFAULT_RUBRIC.read_text(encoding="utf-8"))
+        return 0
     if argv[:1] in (["-h"], ["--help"]):
         print(USAGE)
         return 0
