@@ -33,7 +33,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 def _option(config: pytest.Config, name: str, env: str) -> str | None:
     value = config.getoption(name)
-    return value if value is not None else (os.environ.get(env) or None)  # type: ignore[no-any-return]
+    return str(value) if value is not None else (os.environ.get(env) or None)
 
 
 class Score:
