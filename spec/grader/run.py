@@ -318,6 +318,11 @@ def _run_pytest(target: Target, options: Options, group: str, select: bool, jobs
             timed_out = True
             _kill_group(proc)
             proc.wait()
+        except BaseException:  # Ctrl-C: the run is in its own session and would outlive us
+            _kill_group(proc)
+            proc.wait()
+            kill_descendants()
+            raise
         _kill_group(proc)  # anything left in the run's process group
         output = tail.text()
         verdicts, rejected = _read_stream(stream, key)
