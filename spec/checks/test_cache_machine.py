@@ -32,10 +32,11 @@ from __future__ import annotations
 from typing import Callable, ClassVar
 
 import numpy as np
-from hypothesis import settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule, run_state_machine_as_test
 
+from spec.checks._cache import Snapshot, write_history
 from spec.clauses import checks
 from spec.data import Pattern
 from spec.driver import Driver, FloatArray, SubmissionRaised
@@ -45,6 +46,7 @@ from spec.strategies import CacheConfig, cache_configs
 
 MAX_LAYERS = 3  # cache_configs() draws 1..3 layers; a drawn layer is taken modulo num_layers
 KINDS = ("keys", "values")
+FILL = 0.5  # what the caller overwrites its arrays with; never a pattern value
 
 
 def close(a: FloatArray, b: FloatArray) -> bool:
@@ -268,10 +270,13 @@ class GetMachine(CacheMachine):
 
     def shape_hint(self, shape: tuple[int, ...]) -> str:
         c = self.cfg
-        if len(shape) == 4 and shape[2] == c.max_seq_len and self.pos != c.max_seq_len:
-            return "get returns the whole max_seq_len buffer: slice [:, :, :seq_pos] (the valid prefix)"
+        hints = []
+        if len(shape) == 4 and shape[2] == c.max_seq_len:
+            hints.append("get returns the whole max_seq_len buffer?")
         if len(shape) == 4 and abs(shape[2] - self.pos) == 1:
-            return f"off by one: the valid prefix is [:, :, :seq_pos], {self.pos} positions here"
+            hints.append("off by one?")
+        if hints:
+            return " ".join(hints) + f" The valid prefix is [:, :, :seq_pos]: {self.pos} positions here"
         return "get returns (B, H, seq_pos, D) arrays: the cached positions only, with the storage's axes"
 
 
@@ -353,15 +358,19 @@ class ResetMachine(CacheMachine):
                     hint="after reset get must return no positions: whatever get slices with must be rewound too",
                 )
 
-    @precondition(lambda m: m.resets > 0 and m.pos < m.cfg.max_seq_len)
+    @precondition(lambda m: m.pos < m.cfg.max_seq_len)
     @rule()
     def fill(self) -> None:
-        """Use the rest of the capacity after a reset: every layer, then advance (RST-3)."""
+        """Use the rest of the capacity (every layer, then advance): after a reset, RST-3.
+        (Valid before any reset too: preconditions that depend on history make Hypothesis'
+        shrinker keep steps that do not matter.)"""
         while self.pos < self.cfg.max_seq_len:
             start = self.pos
             for layer in range(self.cfg.num_layers):
-                self.update(layer)
-            self.advance()
+                if self.pos < self.cfg.max_seq_len:  # an update that moves seq_pos is the update check's
+                    self.update(layer)
+            if self.pos < self.cfg.max_seq_len:
+                self.advance()
             if self.pos <= start:  # advance does not move: the advance check reports that
                 break
 
@@ -436,3 +445,30 @@ def test_advance_moves_by_one_and_keeps_data(driver: Driver) -> None:
 @checks("KV-RST-1", "KV-RST-2", "KV-RST-3")
 def test_reset_starts_a_clean_sequence(driver: Driver) -> None:
     run(ResetMachine)
+
+
+@checks("KV-UPD-3")
+@given(config=cache_configs(), tokens=st.integers(0, 5), layer=st.integers(0, MAX_LAYERS - 1))
+def test_update_stores_copies(driver: Driver, config: CacheConfig, tokens: int, layer: int) -> None:
+    """update, then the caller overwrites its key and value arrays in place. A twin cache
+    gets the same update without the overwrite; after an advance (which makes the written
+    position visible) the two must be indistinguishable."""
+    s = Session(driver)
+    cache, twin = s.new_cache(*config.args), s.new_cache(*config.args)
+    s.record(f"# {twin.name} gets the same calls as {cache.name}, but its caller keeps its arrays intact")
+    write_history((cache, twin), config, min(tokens, config.max_seq_len - 1))
+    layer %= config.num_layers
+    key, value = Pattern(900, config.token_shape), Pattern(-900, config.token_shape)
+    cache.update_then_mutate(layer, key, value, FILL)
+    twin.update(layer, key, value)
+    for c in (cache, twin):
+        c.advance()
+    diff = Snapshot.of(twin, config).difference(Snapshot.of(cache, config))
+    if diff is not None:
+        aliased = isinstance(diff.got, np.ndarray) and bool(np.any(diff.got == FILL))
+        raise s.fail(
+            "KV-UPD-3", diff.expected, diff.got, diff.call(cache),
+            hint=(f"{diff.where} shows the caller's later overwrite ({FILL}): the cache keeps a reference to the "
+                  "caller's array; copy the data into the cache's own storage (an indexed write does)")
+            if aliased else f"{diff.where} differs from {twin.name}, whose caller did not touch its arrays",
+        )
