@@ -160,7 +160,8 @@ class CacheMachine(RuleBasedStateMachine):
             if not np.any(got):
                 return "", False
             return (f"position {p} of layer {layer} was never written, yet {name} there are not zeros: "
-                    "unwritten positions read as zeros (pre-allocate with np.zeros)"), False
+                    "unwritten positions read as zeros (pre-allocate with np.zeros). If the example does not "
+                    "reproduce in a fresh Python, caches share storage (a class attribute or mutable default)"), False
         if close(got, entry[1 - kind]):
             return "keys and values are swapped: keys go to the key storage, values to the value storage", False
         if not np.any(got):
