@@ -9,6 +9,8 @@ tested through the documented commands, in tests/test_docs_commands.py.
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -218,3 +220,44 @@ def test_the_whole_run_has_a_hard_time_limit(tmp_path: Path) -> None:
     assert cache_checks and all(t["score"] == 0 for t in cache_checks)
     assert "time limit of 8 s" in data["output"]
     assert elapsed < 60, elapsed
+
+
+DAEMON = '''
+import os, time
+
+if os.fork() == 0:
+    os.setsid()  # leaves the worker's session: the worker's own clean-up cannot find it
+    if os.fork() == 0:
+        with open({pidfile!r}, "w") as f:
+            f.write(str(os.getpid()))
+        while True:
+            with open({marker!r}, "a") as f:
+                f.write("x")
+            time.sleep(0.05)
+    os._exit(0)
+for _ in range(200):  # wait until the daemon runs, so the grader has something to find
+    if os.path.exists({pidfile!r}):
+        break
+    time.sleep(0.025)
+raise ImportError("the daemon is started; nothing else to grade")
+'''
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the subreaper is Linux-only")
+def test_processes_left_behind_are_killed_before_the_reports(tmp_path: Path) -> None:
+    pidfile, marker = tmp_path / "daemon.pid", tmp_path / "marker"
+    loose(tmp_path / "daemon", DAEMON.format(pidfile=str(pidfile), marker=str(marker)))
+    try:
+        proc = grade("daemon", "--profile", "quick", "--out", "out", cwd=tmp_path)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert pidfile.exists(), "the daemon never started"
+        size = marker.stat().st_size
+        time.sleep(0.5)
+        assert marker.stat().st_size == size, "the daemon outlived the grader"
+        assert "left running after the run were killed" in (tmp_path / "out" / "report.md").read_text()
+    finally:
+        if pidfile.exists() and pidfile.read_text():
+            try:
+                os.kill(int(pidfile.read_text()), signal.SIGKILL)
+            except ProcessLookupError:
+                pass

@@ -174,8 +174,8 @@ def _children() -> list[int]:
             stat = Path(f"/proc/{entry}/stat").read_text()
         except OSError:
             continue
-        fields = stat.rsplit(")", 1)[-1].split()
-        if len(fields) > 1 and fields[1] == str(me):
+        fields = stat.rsplit(")", 1)[-1].split()  # state, ppid, ...
+        if len(fields) > 1 and fields[1] == str(me) and fields[0] != "Z":
             found.append(int(entry))
     return found
 
@@ -188,6 +188,7 @@ def kill_descendants() -> int:
         return 0
     killed = 0
     for _ in range(100):
+        _reap()
         children = _children()
         if not children:
             break
@@ -197,15 +198,20 @@ def kill_descendants() -> int:
                 killed += 1
             except ProcessLookupError:
                 pass
-        deadline = time.monotonic() + 2
-        while time.monotonic() < deadline:
-            try:
-                pid, _ = os.waitpid(-1, os.WNOHANG)
-            except ChildProcessError:
-                break
-            if pid == 0:
-                time.sleep(0.01)
+        time.sleep(0.05)
+    _reap()
     return killed
+
+
+def _reap() -> None:
+    """Collect the exit status of every child that has ended (orphans re-parented to us)."""
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
 
 
 def _kill_group(proc: "subprocess.Popen[bytes]") -> None:
