@@ -150,7 +150,10 @@ def run(argv: Sequence[str]) -> int:
     for i, member in enumerate(members, 1):
         if is_batch:
             print(f"[{i}/{len(members)}] grading {member.name} ...", flush=True)
-        grade = _grade_one(member, args, checks, rubric, options)
+        try:
+            grade = _grade_one(member, args, checks, rubric, options)
+        except GraderError as exc:
+            raise UsageError(str(exc)) from None
         grades.append(grade)
         if is_batch or args.quiet:
             print(f"{grade.submission}: {fmt(grade.total)}/{fmt(grade.maximum)} ({grade.execution_time:.1f} s)", flush=True)
@@ -179,6 +182,10 @@ def run(argv: Sequence[str]) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    for stream in (sys.stdout, sys.stderr):  # a submission's message may hold any character
+        reconfigure = getattr(stream, "reconfigure", None)
+        if reconfigure is not None:
+            reconfigure(errors="replace")
     try:
         return run(sys.argv[1:] if argv is None else argv)
     except UsageError as exc:

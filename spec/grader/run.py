@@ -332,6 +332,9 @@ def _run_pytest(target: Target, options: Options, group: str, select: bool, jobs
         _kill_group(proc)  # anything left in the run's process group
         output = tail.text()
         verdicts, rejected = _read_stream(stream, key)
+    if proc.returncode == 4:  # pytest's usage error: our options, not the submission
+        lines = [ln.strip() for ln in output.splitlines() if "rror" in ln]
+        raise GraderError(f"the test run refused its options: {lines[0] if lines else 'pytest exit code 4'}")
     return _Phase(verdicts, rejected, output, proc.returncode, timed_out)
 
 
