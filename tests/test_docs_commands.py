@@ -255,11 +255,9 @@ def test_workflow_example_runs_the_documented_command() -> None:
 
 
 def test_rubric_example_in_the_docs_is_valid() -> None:
-    from spec.grader.rubric import parse
-    from spec.grader.run import Options, collect
     from spec.discovery import Target
-
-    import tomllib
+    from spec.grader.rubric import parse, tomllib
+    from spec.grader.run import Options, collect
 
     (example,) = fenced_blocks((DOCS / "rubric.md").read_text(), "toml")
     rubric = parse(tomllib.loads(example), "docs/rubric.md")
