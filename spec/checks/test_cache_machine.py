@@ -267,6 +267,7 @@ class GetMachine(CacheMachine):
         for kind in (0, 1):
             if not (again[kind].shape == (keys, values)[kind].shape and np.array_equal(again[kind], (keys, values)[kind])):
                 raise self.s.fail("KV-GET-3", (keys, values)[kind], again[kind],
+                                  f"keys2, values2 = {self.cache.name}.get({layer!r})  # read again",
                                   hint=f"a second get({layer}) returned different {KINDS[kind]}: get must not write, clear or move anything")
 
     def shape_hint(self, shape: tuple[int, ...]) -> str:
