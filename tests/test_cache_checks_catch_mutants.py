@@ -45,6 +45,12 @@ FILES = {
     "performance": C + "test_performance.py",
 }
 ALL = tuple(FILES)
+# Smaller sets where running everything would only repeat what other mutants show: the
+# semantics machines are included wherever a bug must not leak into the other groups.
+BOUNDS_AND_NEIGHBOURS = ("bounds", "machine", "shapes")
+MEMORY_AND_NEIGHBOURS = ("memory", "performance", "machine")
+RESET_AND_NEIGHBOURS = ("machine", "construction", "attention")
+NOT_ATTENTION = ("construction", "machine", "bounds", "shapes", "memory", "performance")  # attention integrates all
 
 # check names
 ATTRS, NONPOS, NONINT, SHARED = (
@@ -136,7 +142,7 @@ MUTANTS = (
     ),
     # -- update -------------------------------------------------------------------------------
     Mutant(
-        "update advances seq_pos", WRITES, WRITES + "        self.seq_pos += 1\n", (UPDATE,), ("machine",),
+        "update advances seq_pos", WRITES, WRITES + "        self.seq_pos += 1\n", (UPDATE,), NOT_ATTENTION, only=True,
         says=("KV-UPD-2", "update must not change seq_pos"),
     ),
     Mutant(
@@ -190,7 +196,7 @@ MUTANTS = (
     ),
     # -- advance ---------------------------------------------------------------------------------
     Mutant(
-        "advance by 2", "        self.seq_pos += 1\n", "        self.seq_pos += 2\n", (ADVANCE,), ("machine",),
+        "advance by 2", "        self.seq_pos += 1\n", "        self.seq_pos += 2\n", (ADVANCE,), NOT_ATTENTION, only=True,
         says=("each advance() adds exactly 1",),
     ),
     Mutant(
@@ -203,10 +209,12 @@ MUTANTS = (
     ),
     # -- reset ------------------------------------------------------------------------------------
     Mutant(
-        "reset does not zero the storage", RESET_BODY, "        self.seq_pos = 0\n", (RESET,), says=("still holds a value written before",),
+        "reset does not zero the storage", RESET_BODY, "        self.seq_pos = 0\n", (RESET,), RESET_AND_NEIGHBOURS, only=True,
+        says=("still holds a value written before",),
     ),
     Mutant(
         "reset does not rewind seq_pos", RESET_BODY, RESET_BODY.replace("        self.seq_pos = 0\n", ""), (RESET,),
+        RESET_AND_NEIGHBOURS, only=True,
         says=("seq_pos back to 0",),
     ),
     Mutant(
@@ -226,27 +234,28 @@ MUTANTS = (
     Mutant(
         "negative layer index accepted",
         "        if layer_idx < 0:\n            raise ValueError(f\"Layer index {layer_idx} < 0\")\n", "",
-        (LAYER_NEG,), only=True, says=("-1",),
+        (LAYER_NEG,), BOUNDS_AND_NEIGHBOURS, only=True, says=("-1",),
     ),
     Mutant(
         "layer index == num_layers gives IndexError",
         "        if layer_idx >= self.num_layers:\n", "        if layer_idx > self.num_layers:\n",
-        (LAYER_HIGH,), only=True,
+        (LAYER_HIGH,), BOUNDS_AND_NEIGHBOURS, only=True,
     ),
     Mutant(
         "full-cache message without the numbers",
         "raise ValueError(f\"Sequence position {self.seq_pos} >= max_seq_len {self.max_seq_len}\")",
         "raise ValueError(\"the KV cache is full\")",
-        (FULL_UPDATE,), only=True,
+        (FULL_UPDATE,), BOUNDS_AND_NEIGHBOURS, only=True,
     ),
-    Mutant("advance runs past max_seq_len", ADVANCE_BODY, "        self.seq_pos += 1\n", (FULL_ADVANCE,), only=True),
+    Mutant("advance runs past max_seq_len", ADVANCE_BODY, "        self.seq_pos += 1\n", (FULL_ADVANCE,), BOUNDS_AND_NEIGHBOURS,
+           only=True),
     Mutant(
         "advance moves before checking (seq_pos past the end after the error)",
         ADVANCE_BODY,
         "        self.seq_pos += 1\n"
         "        if self.seq_pos > self.max_seq_len:\n"
         "            raise ValueError(f\"Cannot advance: sequence position {self.seq_pos} > max_seq_len {self.max_seq_len}\")\n",
-        (UNCHANGED,), only=True, says=("seq_pos",),
+        (UNCHANGED,), BOUNDS_AND_NEIGHBOURS, only=True, says=("seq_pos",),
     ),
     Mutant(
         "update writes a negative layer before refusing it",
@@ -254,7 +263,7 @@ MUTANTS = (
         "        if layer_idx < 0 and self.seq_pos < self.max_seq_len:\n"
         "            self._keys[layer_idx % self.num_layers][:, :, self.seq_pos, :] = 1.0\n"
         "        self._check_layer(layer_idx)\n        if self.seq_pos >= self.max_seq_len:\n",
-        (UNCHANGED,), only=True,
+        (UNCHANGED,), BOUNDS_AND_NEIGHBOURS, only=True,
     ),
     # -- shapes -----------------------------------------------------------------------------------
     Mutant("no shape validation", VALIDATE, "", (WRONG_SHAPE, WRITES_NOTHING), ("shapes",)),
@@ -273,10 +282,11 @@ MUTANTS = (
         "            if name == \"key\":\n"
         "                self._keys[layer_idx][:, :, self.seq_pos, :] = k[:, :, 0, :]\n"
         "        self._values[layer_idx][:, :, self.seq_pos, :] = v[:, :, 0, :]\n",
-        (WRITES_NOTHING,), only=True, says=("validate both shapes",),
+        (WRITES_NOTHING,), BOUNDS_AND_NEIGHBOURS, only=True, says=("validate both shapes",),
     ),
     # -- memory -----------------------------------------------------------------------------------
-    Mutant("float64 storage", ALLOCATE, ALLOCATE.replace("np.float32", "np.float64"), (MEM_HELD,), only=True, says=("float32",)),
+    Mutant("float64 storage", ALLOCATE, ALLOCATE.replace("np.float32", "np.float64"), (MEM_HELD,), MEMORY_AND_NEIGHBOURS, only=True,
+           says=("float32",)),
     Mutant(
         "storage allocated lazily, on first update",
         ALLOCATE,
@@ -289,7 +299,7 @@ MUTANTS = (
         "                return list.__getitem__(inner, i)\n"
         "\n"
         "        self._keys, self._values = Lazy(), Lazy()\n",
-        (MEM_HELD, PERF), only=True, says=("pre-allocate",),  # its first update allocates everything
+        (MEM_HELD, PERF), MEMORY_AND_NEIGHBOURS, only=True, says=("pre-allocate",),  # its first update allocates everything
     ),
     Mutant("MB = 10**6 bytes", "MB = 1024 * 1024\n", "MB = 1000 * 1000\n", (MEM_MB, MEM_72, MEM_192), ("memory",), only=True,
            says=("1024 * 1024",)),
@@ -309,13 +319,13 @@ MUTANTS = (
         WRITES,
         WRITES + "        self.__dict__.setdefault('_history', {})[layer_idx] = np.concatenate(\n"
         "            [self._keys[layer_idx][:, :, : self.seq_pos, :], k], axis=2)\n",
-        (PERF,), only=True, says=("concatenating",),
+        (PERF,), MEMORY_AND_NEIGHBOURS, only=True, says=("concatenating",),
     ),
     Mutant(
         "update copies the layer's whole buffer",
         WRITES,
         "        self._keys[layer_idx] = self._keys[layer_idx].copy()\n" + WRITES,
-        (PERF,), only=True,
+        (PERF,), MEMORY_AND_NEIGHBOURS, only=True,
     ),
 )
 

@@ -14,17 +14,36 @@ from spec.strategies import CacheConfig
 
 def write_history(caches: tuple[CacheRef, ...], config: CacheConfig, tokens: int, first_tag: int = 1) -> int:
     """Decode `tokens` tokens into every cache alike: each layer updates, then advance.
-    Keys are pattern(t), values pattern(-t), t distinct per write. Returns the next tag."""
+    Keys are pattern(t), values pattern(-t), t distinct per write. Returns the next tag.
+
+    Stops early if the first cache reports seq_pos >= max_seq_len: an update or advance
+    that moves seq_pos too far is the update or advance check's business, and running
+    into the capacity limit here would fail a check of another group with its error."""
     tag = first_tag
     shape = config.token_shape
+
+    def full() -> bool:
+        seq_pos = caches[0].seq_pos
+        return not isinstance(seq_pos, int) or seq_pos >= config.max_seq_len
+
     for _ in range(tokens):
         for layer in range(config.num_layers):
+            if full():
+                return tag
             for cache in caches:
                 cache.update(layer, Pattern(tag, shape), Pattern(-tag, shape))
             tag += 1
+        if full():
+            return tag
         for cache in caches:
             cache.advance()
     return tag
+
+
+def has_room(cache: CacheRef, config: CacheConfig) -> bool:
+    """seq_pos < max_seq_len: another token can be written and advanced past."""
+    seq_pos = cache.seq_pos
+    return isinstance(seq_pos, int) and seq_pos < config.max_seq_len
 
 
 @dataclass

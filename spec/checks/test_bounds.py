@@ -19,7 +19,7 @@ from typing import Callable
 from hypothesis import given
 from hypothesis import strategies as st
 
-from spec.checks._cache import Snapshot, write_history
+from spec.checks._cache import Snapshot, has_room, write_history
 from spec.clauses import checks
 from spec.data import Pattern
 from spec.driver import Driver, SubmissionRaised
@@ -120,6 +120,8 @@ def attempt(s: Session, config: CacheConfig, fault: str, tokens: int, partial: i
     tag = write_history((cache, twin), config, n)
     if not full:
         for layer in range(min(partial, config.num_layers)):
+            if not has_room(cache, config):
+                break
             for c in (cache, twin):
                 c.update(layer, Pattern(tag, config.token_shape), Pattern(-tag, config.token_shape))
             tag += 1
@@ -139,7 +141,7 @@ def attempt(s: Session, config: CacheConfig, fault: str, tokens: int, partial: i
             do()
     except SpecFailure:
         return  # it did not raise: whether it must is KV-BND-1..4's business
-    if not full:  # the position being written becomes visible only after an advance
+    if not full and has_room(twin, config):  # the position being written shows only after an advance
         for c in (cache, twin):
             c.advance()
     diff = Snapshot.of(twin, config).difference(Snapshot.of(cache, config))

@@ -36,7 +36,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule, run_state_machine_as_test
 
-from spec.checks._cache import Snapshot, write_history
+from spec.checks._cache import Snapshot, has_room, write_history
 from spec.clauses import checks
 from spec.data import Pattern
 from spec.driver import Driver, FloatArray, SubmissionRaised
@@ -248,6 +248,7 @@ class GetMachine(CacheMachine):
         self.s.record(f"keys, values = {self.cache.name}.get({layer!r})")
         return result
 
+    @precondition(lambda m: m.pos <= m.cfg.max_seq_len)  # past it (an advance bug), no shape is right
     @rule(layer=st.integers(0, MAX_LAYERS - 1))
     def get(self, layer: int) -> None:
         layer %= self.cfg.num_layers
@@ -459,12 +460,15 @@ def test_update_stores_copies(driver: Driver, config: CacheConfig, tokens: int, 
     cache, twin = s.new_cache(*config.args), s.new_cache(*config.args)
     s.record(f"# {twin.name} gets the same calls as {cache.name}, but its caller keeps its arrays intact")
     write_history((cache, twin), config, min(tokens, config.max_seq_len - 1))
+    if not has_room(cache, config):
+        return  # an update or advance that moved seq_pos too far: their checks report it
     layer %= config.num_layers
     key, value = Pattern(900, config.token_shape), Pattern(-900, config.token_shape)
     cache.update_then_mutate(layer, key, value, FILL)
     twin.update(layer, key, value)
-    for c in (cache, twin):
-        c.advance()
+    if has_room(twin, config):
+        for c in (cache, twin):
+            c.advance()
     diff = Snapshot.of(twin, config).difference(Snapshot.of(cache, config))
     if diff is not None:
         aliased = isinstance(diff.got, np.ndarray) and bool(np.any(diff.got == FILL))

@@ -75,7 +75,7 @@ def test_two_caches_never_share_storage(
     s = Session(driver)
     caches = (s.new_cache(*config.args), s.new_cache(*config.args))
     tag = write_history((caches[1],), config, min(lead, config.max_seq_len))
-    positions = [0, min(lead, config.max_seq_len)]
+    positions = [config.max_seq_len if not isinstance(p, int) else p for p in (c.seq_pos for c in caches)]
     for which, op, layer in ops:
         cache, other = caches[which], caches[1 - which]
         if op != "reset" and positions[which] >= config.max_seq_len:

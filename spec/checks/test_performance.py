@@ -45,16 +45,29 @@ def test_update_allocation_does_not_grow_with_seq_pos(driver: Driver) -> None:
                  "print('bytes allocated:', tracemalloc.get_traced_memory()[1]); tracemalloc.stop()")
         return s.call(lambda: s.driver.update_allocation(cache.handle, layer, key.array(), value.array())).value
 
+    def seq_pos() -> int:
+        pos = s.call(lambda: s.driver.attribute(cache.handle, "seq_pos"))
+        return pos if isinstance(pos, int) else c.max_seq_len
+
     first = [measured(layer) for layer in range(c.num_layers)]
+    if seq_pos() != 0:
+        return  # update moved seq_pos: the update check says so, and the last position is out of reach
     cache.advance()
-    # Fill to the last position the way a decode loop does; recorded as one loop.
-    s.record(f"for t in range(1, {c.max_seq_len - 1}):\n    for layer in range({c.num_layers}):\n"
+    # Fill to the last position the way a decode loop does; recorded as one loop. The loop
+    # watches seq_pos, so an update or advance that moves it wrongly (their checks report
+    # that) stops it instead of running into the capacity limit.
+    last_position = c.max_seq_len - 1
+    s.record(f"for t in range(1, {last_position}):\n    for layer in range({c.num_layers}):\n"
              f"        {cache.name}.update(layer, k, v)\n    {cache.name}.advance()")
     k, v = key.array(), value.array()
-    for _ in range(1, c.max_seq_len - 1):
+    for t in range(1, last_position):
+        if seq_pos() != t:
+            return
         for layer in range(c.num_layers):
             s.call(lambda: s.driver.update(cache.handle, layer, k, v))
         s.call(lambda: s.driver.advance(cache.handle))
+    if seq_pos() != last_position:
+        return
     last = [measured(layer) for layer in range(c.num_layers)]
     for layer in range(c.num_layers):
         at = f"update({layer}, k, v) at seq_pos {c.max_seq_len - 1}: "
