@@ -469,7 +469,7 @@ from spec.results import load_verdicts
 MARK = "Minimal example (run it from your submission's directory):\n"
 jobs = json.loads(sys.argv[1])
 for job in jobs:
-    code = pytest.main(job["args"])
+    pytest.main(job["args"])
     replays = {}
     for v in load_verdicts(__import__("pathlib").Path(job["results"])):
         if v.passed or MARK not in v.message:
