@@ -13,7 +13,7 @@ so a hang or a crash costs only the check in flight. Budgets (each raises
 SubmissionCrashed and kills the worker's whole process group):
 
   call timeout   KVSPEC_CALL_TIMEOUT, or call_timeout=      (default 10 s per call)
-  import         KVSPEC_IMPORT_TIMEOUT, or import_timeout=  (default 30 s to start, and again to import)
+  import         KVSPEC_IMPORT_TIMEOUT, or import_timeout=  (default 30 s to import; starting gets at least 30 s)
   check budget   KVSPEC_CHECK_BUDGET, or check_budget=      (default 60 s of calls per driver)
   memory         KVSPEC_WORKER_MEMORY_MB, or memory_mb=     (default 4096; RLIMIT_AS; 0 = none)
 
@@ -195,6 +195,7 @@ class _Worker:
             self._close(fd)
         os.set_blocking(self.req_w, False)
         os.set_blocking(self.resp_r, False)
+        self.reader = protocol.Reader(self.resp_r)
         os.set_blocking(self.out_fd, False)
         self.thread = threading.Thread(target=self._drain, name=f"kvspec-output-{self.proc.pid}", daemon=True)
         self.thread.start()
@@ -392,7 +393,9 @@ class IsolatedDriver(Driver):
             self._worker = _Worker(self.memory_mb)
             self._finalizer = weakref.finalize(self, self._worker.kill)
             self.spent += time.monotonic() - start
-            self._exchange("init", (self.target,), self.import_timeout)
+            # Starting runs no submission code: a generous fixed allowance, so a loaded
+            # machine does not turn a slow start into a timeout of a short import budget.
+            self._exchange("init", (self.target,), max(self.import_timeout, DEFAULT_IMPORT_TIMEOUT))
 
     def _exchange(self, op: str, args: tuple[object, ...], timeout: float) -> Any:
         """Send one request; return the decoded result, or raise what the worker reported."""
@@ -413,7 +416,7 @@ class IsolatedDriver(Driver):
         crash: tuple[str, str] | None = None
         try:
             protocol.write_with_deadline(worker.req_w, request, deadline)
-            reply = protocol.parse(protocol.read_with_deadline(worker.resp_r, deadline))
+            reply = protocol.parse(worker.reader.read(deadline))
             if type(reply) is not dict or reply.get("seq") != seq or type(reply.get("seq")) is not int:
                 raise protocol.ProtocolError(f"a response to request {seq} carried sequence number {str(reply.get('seq') if type(reply) is dict else None)[:20]}")
             if set(reply) == {"seq", "ok"}:
@@ -485,8 +488,8 @@ class IsolatedDriver(Driver):
             if hang is not None:
                 self._crash = ("timeout", f"{hang} (in an earlier check; not retried)")
                 self._fail_crashed()
+            self._start()
             try:
-                self._start()
                 self._info = protocol.expect_info(self._exchange("describe", (), self.import_timeout))
             except SubmissionUnavailable as exc:
                 self._unavailable = (exc.detail, exc.traceback)

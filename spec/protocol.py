@@ -81,32 +81,63 @@ def write_blocking(fd: int, data: bytes) -> None:
         view = view[n:]
 
 
-def _read_exact_blocking(fd: int, n: int) -> bytes | None:
-    chunks: list[bytes] = []
-    remaining = n
-    while remaining:
-        chunk = os.read(fd, min(remaining, 1 << 20))
-        if not chunk:
-            if remaining == n:
+CHUNK = 1 << 16  # bytes per read: a pipe's default capacity
+
+
+class Reader:
+    """Messages from one pipe. Reads in chunks and keeps what follows a message for the
+    next one, so a small message costs one read. Never holds more than one message and
+    one chunk: it stops reading once a message is complete, and refuses an announced
+    length over MAX_MESSAGE before reading any of it."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.buffer = bytearray()
+
+    def _take(self) -> bytes | None:
+        if len(self.buffer) < HEADER.size:
+            return None
+        (length,) = HEADER.unpack_from(self.buffer)
+        if length > MAX_MESSAGE:
+            raise ProtocolError(f"a message of {length} bytes was announced; the limit is {MAX_MESSAGE}")
+        end = HEADER.size + length
+        if len(self.buffer) < end:
+            return None
+        body = bytes(self.buffer[HEADER.size : end])
+        del self.buffer[:end]
+        return body
+
+    def read_blocking(self) -> bytes | None:
+        """The next message body from a blocking descriptor; None at a clean end of file
+        (the worker's side)."""
+        while True:
+            body = self._take()
+            if body is not None:
+                return body
+            chunk = os.read(self.fd, CHUNK)
+            if not chunk:
+                if self.buffer:
+                    raise PeerClosed("the pipe closed in the middle of a message")
                 return None
-            raise PeerClosed("the pipe closed in the middle of a message")
-        chunks.append(chunk)
-        remaining -= len(chunk)
-    return b"".join(chunks)
+            self.buffer += chunk
 
-
-def read_blocking(fd: int) -> bytes | None:
-    """One message body from a blocking descriptor; None at a clean end of file (the worker's side)."""
-    header = _read_exact_blocking(fd, HEADER.size)
-    if header is None:
-        return None
-    (length,) = HEADER.unpack(header)
-    if length > MAX_MESSAGE:
-        raise ProtocolError(f"message of {length} bytes announced; the limit is {MAX_MESSAGE}")
-    body = _read_exact_blocking(fd, length)
-    if body is None:
-        raise PeerClosed("the pipe closed in the middle of a message")
-    return body
+    def read(self, deadline: float) -> bytes:
+        """The next message body from a non-blocking descriptor before `deadline`
+        (time.monotonic; the grader's side). Raises Deadline, PeerClosed or ProtocolError."""
+        while True:
+            body = self._take()
+            if body is not None:
+                return body
+            if time.monotonic() >= deadline:
+                raise Deadline()
+            try:
+                chunk = os.read(self.fd, CHUNK)
+            except BlockingIOError:
+                _wait(self.fd, select.POLLIN, deadline)
+                continue
+            if not chunk:
+                raise PeerClosed("in the middle of a message" if self.buffer else "before answering")
+            self.buffer += chunk
 
 
 def _wait(fd: int, events: int, deadline: float) -> None:
@@ -124,41 +155,16 @@ def write_with_deadline(fd: int, data: bytes, deadline: float) -> None:
     """Write all of `data` to a non-blocking descriptor before `deadline` (time.monotonic)."""
     view = memoryview(data)
     while view:
-        _wait(fd, select.POLLOUT, deadline)
+        if time.monotonic() >= deadline:
+            raise Deadline()
         try:
             n = os.write(fd, view)
         except BlockingIOError:
+            _wait(fd, select.POLLOUT, deadline)
             continue
         except (BrokenPipeError, ConnectionResetError):
             raise PeerClosed("the worker closed its end of the request pipe") from None
         view = view[n:]
-
-
-def _read_exact_with_deadline(fd: int, n: int, deadline: float, started: bool) -> bytes:
-    chunks: list[bytes] = []
-    remaining = n
-    while remaining:
-        _wait(fd, select.POLLIN, deadline)
-        try:
-            chunk = os.read(fd, min(remaining, 1 << 20))
-        except BlockingIOError:
-            continue
-        if not chunk:
-            raise PeerClosed("in the middle of a message" if started or chunks else "before answering")
-        chunks.append(chunk)
-        remaining -= len(chunk)
-    return b"".join(chunks)
-
-
-def read_with_deadline(fd: int, deadline: float) -> bytes:
-    """One message body from a non-blocking descriptor before `deadline` (the grader's side).
-
-    Raises Deadline, PeerClosed, or ProtocolError (a length over the limit is refused
-    before anything more is read)."""
-    (length,) = HEADER.unpack(_read_exact_with_deadline(fd, HEADER.size, deadline, False))
-    if length > MAX_MESSAGE:
-        raise ProtocolError(f"the worker announced a message of {length} bytes; the limit is {MAX_MESSAGE}")
-    return _read_exact_with_deadline(fd, length, deadline, True)
 
 
 # -- values ---------------------------------------------------------------------------

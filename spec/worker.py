@@ -124,8 +124,9 @@ def serve(request_fd: int, response_fd: int) -> None:
     from spec.local import LocalDriver
 
     driver: LocalDriver | None = None
+    requests = protocol.Reader(request_fd)
     while True:
-        body = protocol.read_blocking(request_fd)
+        body = requests.read_blocking()
         if body is None:
             return
         message = protocol.parse(body)

@@ -473,15 +473,22 @@ def test_frames_over_the_limit_are_refused(monkeypatch: pytest.MonkeyPatch) -> N
         protocol.frame("x" * 200)
     r, w = os.pipe()
     try:
-        os.write(w, protocol.HEADER.pack(101))
         os.set_blocking(r, False)
-        with pytest.raises(protocol.ProtocolError, match="limit"):
-            protocol.read_with_deadline(r, time.monotonic() + 5)
-        with pytest.raises(protocol.Deadline):
-            protocol.read_with_deadline(r, time.monotonic() + 0.05)
+        with pytest.raises(protocol.Deadline):  # nothing comes
+            protocol.Reader(r).read(time.monotonic() + 0.05)
+        os.write(w, protocol.frame("a") + protocol.frame("b") + protocol.HEADER.pack(101))
+        reader = protocol.Reader(r)
+        assert [reader.read(time.monotonic() + 5) for _ in "ab"] == [b'"a"', b'"b"']  # one read, two messages
+        with pytest.raises(protocol.ProtocolError, match="limit"):  # refused from its length alone
+            reader.read(time.monotonic() + 5)
+        os.close(w)
+        w = -1
+        with pytest.raises(protocol.PeerClosed):
+            protocol.Reader(r).read(time.monotonic() + 5)
     finally:
         os.close(r)
-        os.close(w)
+        if w >= 0:
+            os.close(w)
 
 
 FORGERIES = {
