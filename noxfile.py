@@ -1,4 +1,4 @@
-"""Sessions: tests, typecheck, coverage, bench, grade (see README.md)."""
+"""Sessions: tests, typecheck, coverage, bench, grade, zoo, mutation (see README.md)."""
 
 from __future__ import annotations
 
@@ -44,3 +44,32 @@ def grade(session: nox.Session) -> None:
     """python -m spec grade ARGS in a fresh environment; no ARGS grades the bundled reference."""
     session.install("-e", ".")
     session.run("python", "-m", "spec", "grade", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def zoo(session: nox.Session) -> None:
+    """The zoo (tests/zoo) graded by `python -m spec grade` with the default profile; prints the table (docs/zoo.md).
+    ARGS go to `python -m tests.zoo grade`, e.g. --shards 2 --jobs 1, or variant names."""
+    session.install("-e", ".")
+    session.run("python", "-m", "tests.zoo", "grade", "--profile", "default", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def mutation(session: nox.Session) -> None:
+    """Mutation score of the spec: mutmut over reference/kv_cache.py and reference/memoization.py, with
+    spec/checks (quick profile) against the reference as the test command (docs/mutation.md)."""
+    import shutil
+    from pathlib import Path
+
+    # Not the project itself: `reference` and `spec` must come from mutmut's mutants/ copy.
+    session.install("mutmut==3.8.1", "numpy>=1.24", "hypothesis>=6.100", "pytest>=8")
+    root = Path(__file__).resolve().parent
+    work = Path(session.create_tmp()).resolve() / "mutation"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    for name in ("reference", "spec"):
+        shutil.copytree(root / name, work / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    shutil.copy(root / "tests" / "mutation" / "setup.cfg", work / "setup.cfg")
+    session.chdir(work)
+    session.run("mutmut", "run", *session.posargs)
+    session.run("python", str(root / "tests" / "mutation" / "score.py"), "mutmut", "--markdown", str(work / "mutation-score.md"))

@@ -51,9 +51,18 @@ import os as _os
 
 
 def _ancestors():
+    """This process and its ancestors, up to the grader (`python -m spec grade`). A real
+    attacker would go on up; the zoo stops there so that its forgeries stay inside the
+    grader's scratch directories and never reach the repository it runs from."""
     pid = _os.getpid()
     for _ in range(16):
         yield pid
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                if {b"spec", b"grade"} <= set(f.read().split(b"\0")):
+                    return
+        except OSError:
+            return
         try:
             with open(f"/proc/{pid}/stat") as f:
                 pid = int(f.read().rsplit(")", 1)[1].split()[1])
@@ -64,7 +73,7 @@ def _ancestors():
 
 
 def _report_targets():
-    dirs, files = {_os.getcwd()}, set()
+    dirs, files, outs = {_os.getcwd()}, set(), set()
     for pid in _ancestors():
         try:
             with open(f"/proc/{pid}/cmdline", "rb") as f:
@@ -80,18 +89,18 @@ def _report_targets():
             if not eq and i + 1 < len(args):
                 value = args[i + 1]
             if key == "--out":
-                dirs.add(_os.path.join(cwd, value))
+                outs.add(_os.path.join(cwd, value))
             elif key.startswith("--kvspec-") and ("result" in key or "stream" in key or "manifest" in key):
                 files.add(_os.path.join(cwd, value))
         for key, value in env.items():
             if key.startswith("KVSPEC_") and value.endswith(".json"):
                 files.add(_os.path.join(cwd, value))
-    for d in list(dirs):  # batch mode: OUT/<submission>/
+    for d in list(outs):  # batch mode: OUT/<submission>/
         try:
             dirs.update(_os.path.join(d, sub) for sub in _os.listdir(d) if _os.path.isdir(_os.path.join(d, sub)))
         except OSError:
             pass
-    return dirs, files
+    return dirs | outs, files
 '''
 
 FORGE = FIND_REPORT_PATHS + r'''

@@ -115,8 +115,12 @@ def materialize_all(variants: Iterable[Variant], root: Path) -> dict[str, Path]:
 def _grade_shard(dirs: Sequence[Path], out: Path, profile: str, jobs: int, extra: Sequence[str], env: dict[str, str]) -> tuple[int, str, str, str]:
     cmd = [sys.executable, "-m", "spec", "grade", *map(str, dirs), "--profile", profile, "--out", str(out),
            "--jobs", str(jobs), "--quiet", *extra]
-    proc = subprocess.run(cmd, cwd=REPO, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True, errors="replace")
-    shown = " ".join(cmd[:3] + ["DIR..."] + cmd[3 + len(dirs):])
+    # A scratch cwd: hostile variants write forged reports into the grader's cwd, which
+    # must never be the repository.
+    cwd = out.with_name(out.name + "-cwd")
+    cwd.mkdir(parents=True, exist_ok=True)
+    proc = subprocess.run(cmd, cwd=cwd, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True, errors="replace")
+    shown = " ".join(["python"] + cmd[1:5] + ["DIR..."] + cmd[5 + len(dirs):])
     return proc.returncode, proc.stdout, proc.stderr, shown
 
 
@@ -127,7 +131,6 @@ def grade(dirs: dict[str, Path], out_root: Path, profile: str = "quick", jobs: i
     groups = [names[i::shards] for i in range(shards)] if shards > 1 else [names]
     groups = [g for g in groups if g]
     env = {k: v for k, v in os.environ.items() if not k.startswith(("KVSPEC_", "PYTEST_", "HYPOTHESIS_"))}
-    env["PYTHONPATH"] = str(REPO) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     start = time.monotonic()
     outs = [out_root / f"shard{i}" for i in range(len(groups))]
     with ThreadPoolExecutor(max_workers=len(groups)) as pool:
@@ -141,6 +144,30 @@ def grade(dirs: dict[str, Path], out_root: Path, profile: str = "quick", jobs: i
             graded[name] = parse_results(name, path)
     return Run(graded, [r[0] for r in results], wall, "".join(r[1] for r in results), "".join(r[2] for r in results), outs,
                results[0][3] if results else "")
+
+
+def surviving_daemons(submissions: Path, wait: float = 1.5) -> list[int]:
+    """Pids of processes a submission left behind (they record themselves in .daemon-pids)
+    that are still alive `wait` seconds after the grader exited. Killed here, so a fooled
+    grader cannot leave them running; the caller reports them."""
+    files = list(submissions.rglob(".daemon-pids"))
+    if not files:
+        return []
+    time.sleep(wait)
+    alive = []
+    for f in files:
+        for line in f.read_text().split():
+            pid = int(line)
+            try:
+                os.kill(pid, 0)
+            except (ProcessLookupError, PermissionError):
+                continue
+            alive.append(pid)
+            try:
+                os.kill(pid, 9)
+            except ProcessLookupError:
+                pass
+    return alive
 
 
 def forged_files(out_dirs: Iterable[Path]) -> list[str]:
@@ -160,6 +187,11 @@ def forged_files(out_dirs: Iterable[Path]) -> list[str]:
 # -- judging -------------------------------------------------------------------------------
 
 
+def same(a: float, b: float) -> bool:
+    """Scores are reported to the hundredth of a point."""
+    return abs(a - b) < 0.005
+
+
 @dataclass
 class Verdict:
     variant: Variant
@@ -169,7 +201,7 @@ class Verdict:
     elsewhere: set[str] = field(default_factory=set)  # groups failing beyond the expected ones
 
 
-def judge(variants: dict[str, Variant], run: Run, time_limit: float) -> list[Verdict]:
+def judge(variants: dict[str, Variant], run: Run, time_limit: float, daemons: Sequence[int] = ()) -> list[Verdict]:
     out: list[Verdict] = []
     forged = forged_files(run.out_dirs)
     for name, v in variants.items():
@@ -188,7 +220,7 @@ def judge(variants: dict[str, Variant], run: Run, time_limit: float) -> list[Ver
             else:
                 outcome, detail = "caught", f"failed {sorted(failed)}"
         elif v.kind == "alternative":
-            if failed or g.score != g.max_score or problems:
+            if failed or not same(g.score, g.max_score) or problems:
                 outcome = "false-failure"
                 detail = "; ".join([f"{t.name}: {t.output.splitlines()[0] if t.output else ''}" for t in g.failing()] + problems)
             else:
@@ -203,7 +235,7 @@ def judge(variants: dict[str, Variant], run: Run, time_limit: float) -> list[Ver
                     reasons.append(f"verdicts differ from twin {v.twin} on {diff}")
             else:
                 expected = float(v.expect_score if v.expect_score is not None else "nan")
-            if not g.score == expected:
+            if not same(g.score, expected):
                 reasons.append(f"score {g.score} != expected {expected}")
             missing = set(v.expect_fail_groups) - failed
             if missing:
@@ -215,6 +247,8 @@ def judge(variants: dict[str, Variant], run: Run, time_limit: float) -> list[Ver
             mine = [p for p in forged if f"/{name}/" in p or p.endswith(f"/{name}")]
             if mine or (v.name == "hostile_forges_results" and forged):
                 reasons.append(f"forged files survived: {forged}")
+            if v.name == "hostile_outlives_grader" and daemons:
+                reasons.append(f"processes outlived the grader: {list(daemons)}")
             reasons += problems
             outcome = "fooled" if reasons else "handled"
             detail = "; ".join(reasons) if reasons else f"score {g.score} as expected ({g.execution_time:.0f} s)"
@@ -270,6 +304,7 @@ def run_zoo(profile: str = "quick", jobs: int = 2, shards: int = 1, names: Seque
     root = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="kvspec-zoo-"))
     dirs = materialize_all(variants.values(), root / "submissions")
     run = grade(dirs, root / "out", profile, jobs, shards, extra)
-    verdicts = judge(variants, run, TIME_LIMITS[profile])
+    daemons = surviving_daemons(root / "submissions")
+    verdicts = judge(variants, run, TIME_LIMITS[profile], daemons)
     command = f"{run.command}  ({len(dirs)} submissions, {len(run.out_dirs)} concurrent invocation(s))"
     return verdicts, run, table(verdicts, run, command)
