@@ -2,12 +2,13 @@
 
 Every variant (tests/zoo: a correct base submission plus named edits) is materialized
 into a temporary directory and graded by `python -m spec grade DIR1 DIR2 ... --profile
-quick --jobs 2` in batch mode. Then:
+quick --jobs 1` in batch mode, two invocations at once. Then:
 
 - the base and every correct alternative get full marks (zero false failures);
 - every bug fails at least one check in each of its expected groups;
-- every hostile submission ends with exactly its twin's score (or its stated score), the
-  grader exits 0, within the time bound, with no forged report surviving;
+- every hostile submission ends with exactly its twin's score (or its stated score; never
+  above it for one that sabotages itself), the grader exits 0, within the time bound,
+  with no forged report surviving;
 - grading a few submissions again, and with another --jobs, gives identical verdicts.
 
 The summary table is printed (run with -s, or see the failure message) and written to
@@ -21,6 +22,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from concurrent.futures import ThreadPoolExecutor
+
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -31,10 +34,13 @@ from tests.zoo.runner import grade, materialize_all, run_zoo  # noqa: E402
 from tests.zoo.variants import Edit, Variant, ZooError, apply, by_kind, check_registry, diff, registry  # noqa: E402
 
 PROFILE = os.environ.get("KVSPEC_ZOO_PROFILE", "quick")
-JOBS = int(os.environ.get("KVSPEC_ZOO_JOBS", "2"))
-SHARDS = int(os.environ.get("KVSPEC_ZOO_SHARDS", "1"))
-# Graded a second time (same --jobs) and a third (--jobs 1): verdicts must not change.
-DETERMINISM = ("base", "get_includes_next_slot", "closure_over_loop_variable", "hostile_lying_arrays", "hostile_os_exit_in_reset")
+# Two grader invocations at once, one xdist worker each: on 2 cores this is the fastest
+# way through many submissions (a hung hostile one holds one invocation, not both).
+JOBS = int(os.environ.get("KVSPEC_ZOO_JOBS", "1"))
+SHARDS = int(os.environ.get("KVSPEC_ZOO_SHARDS", "2"))
+OTHER_JOBS = 2 if JOBS == 1 else 1
+# Graded a second time (same --jobs) and a third (another --jobs): verdicts must not change.
+DETERMINISM = ("base", "closure_over_loop_variable", "hostile_lying_arrays", "hostile_os_exit_in_reset")
 
 
 def test_registry_is_big_enough_and_applies() -> None:
@@ -70,29 +76,31 @@ def test_zoo(tmp_path_factory: pytest.TempPathFactory) -> None:
     root = tmp_path_factory.mktemp("zoo")
     verdicts, run, text = run_zoo(PROFILE, JOBS, SHARDS, workdir=root)
 
-    # Determinism: the same submissions again (same --jobs), and with --jobs 1.
+    # Determinism: the same submissions again (same --jobs), and with another --jobs, at once.
     variants = registry()
-    again = {n: p for n, p in materialize_all([variants[n] for n in DETERMINISM], root / "again").items()}
-    repeat = grade(again, root / "out-again", PROFILE, JOBS)
-    other_jobs = grade(again, root / "out-jobs1", PROFILE, 1)
+    again = materialize_all([variants[n] for n in DETERMINISM], root / "again")
+    with ThreadPoolExecutor(2) as pool:
+        repeat_f = pool.submit(grade, again, root / "out-again", PROFILE, JOBS)
+        other_f = pool.submit(grade, again, root / "out-other-jobs", PROFILE, OTHER_JOBS)
+        repeat, other_jobs = repeat_f.result(), other_f.result()
     unstable = []
     for n in DETERMINISM:
         first = run.graded[n]
-        for label, r in (("again", repeat), ("--jobs 1", other_jobs)):
+        for label, r in (("again", repeat), (f"--jobs {OTHER_JOBS}", other_jobs)):
             g = r.graded[n]
             if g.score != first.score or g.statuses() != first.statuses():
                 changed = sorted(k for k in set(g.statuses()) | set(first.statuses()) if g.statuses().get(k) != first.statuses().get(k))
                 unstable.append(f"{n} ({label}): {first.score} -> {g.score}, checks {changed}")
-    text += "\n\nDeterminism (graded again with --jobs {0}, and with --jobs 1): {1}".format(
-        JOBS, "identical" if not unstable else "; ".join(unstable))
-    text += f" ({repeat.wall + other_jobs.wall:.0f} s more)"
+    text += "\n\nDeterminism ({0} graded again with --jobs {1}, and with --jobs {2}): {3}".format(
+        ", ".join(DETERMINISM), JOBS, OTHER_JOBS, "identical" if not unstable else "; ".join(unstable))
+    text += f" ({max(repeat.wall, other_jobs.wall):.0f} s more)"
     print("\n" + text)
     if os.environ.get("KVSPEC_ZOO_TABLE"):
         Path(os.environ["KVSPEC_ZOO_TABLE"]).write_text(text + "\n")
 
     assert set(run.exit_codes) == {0}, f"the grader exited {run.exit_codes}\n{run.stderr[-3000:]}\n{text}"
     assert set(repeat.exit_codes) == set(other_jobs.exit_codes) == {0}
-    assert len(run.graded) == len([v for v in variants.values()]), text
+    assert len(run.graded) == len(variants), text
     bad = [x for x in verdicts if x.outcome in ("missed", "elsewhere", "false-failure", "fooled")]
     bad_twins = [x for x in verdicts if x.variant.kind == "twin" and x.outcome != "caught"]
     assert not bad and not bad_twins, text

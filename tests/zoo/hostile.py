@@ -34,10 +34,10 @@ def in_memory_usage(code: str) -> Edit:
 
 
 def hostile(name: str, description: str, groups: str, edits: tuple[Edit, ...], *, twin: str | None = None,
-            expect_score: float | None = None, score_note: str = "") -> Variant:
+            expect_score: float | None = None, score_note: str = "", at_most: bool = False) -> Variant:
     return Variant(name=name, kind="hostile", description=description, edits=edits,
                    expect_fail_groups=frozenset(groups.split()), twin=twin, expect_score=expect_score,
-                   score_note=score_note)
+                   score_note=score_note, at_most=at_most)
 
 
 def twin(name: str, description: str, groups: str, edits: tuple[Edit, ...]) -> Variant:
@@ -73,7 +73,7 @@ def _ancestors():
 
 
 def _report_targets():
-    dirs, files, outs = {_os.getcwd()}, set(), set()
+    dirs, files, outs = {_os.getcwd()}, {}, set()
     for pid in _ancestors():
         try:
             with open(f"/proc/{pid}/cmdline", "rb") as f:
@@ -91,10 +91,10 @@ def _report_targets():
             if key == "--out":
                 outs.add(_os.path.join(cwd, value))
             elif key.startswith("--kvspec-") and ("result" in key or "stream" in key or "manifest" in key):
-                files.add(_os.path.join(cwd, value))
+                files[_os.path.join(cwd, value)] = key
         for key, value in env.items():
             if key.startswith("KVSPEC_") and value.endswith(".json"):
-                files.add(_os.path.join(cwd, value))
+                files[_os.path.join(cwd, value)] = key
     for d in list(outs):  # batch mode: OUT/<submission>/
         try:
             dirs.update(_os.path.join(d, sub) for sub in _os.listdir(d) if _os.path.isdir(_os.path.join(d, sub)))
@@ -116,7 +116,7 @@ _VERDICT = {"nodeid": "spec/checks/test_memory.py::test_x", "name": "test_x", "c
 
 
 def _forge():
-    dirs, files = _report_targets()
+    dirs, _files = _report_targets()
     for d in dirs:
         for name, text in (("results.json", _json.dumps(_RESULTS)), ("junit.xml", _JUNIT), ("report.md", FORGED + ": 100/100")):
             try:
@@ -124,20 +124,32 @@ def _forge():
                     f.write(text)
             except OSError:
                 pass
-    for path in files:
+
+
+_forge()
+_atexit.register(_forge)
+'''
+
+TAMPER = FORGE.replace("_forge()\n_atexit.register(_forge)\n", "") + r'''
+
+def _tamper():
+    """The grader's private files, named on its pytest command line: overwrite the
+    results file and the manifest with passing verdicts, and truncate the verdict
+    stream, keeping only a forged line (its HMAC cannot match)."""
+    _dirs, files = _report_targets()
+    for path, key in files.items():
         try:
-            if "stream" in path:  # append a verdict line (the grader's HMAC will not match)
-                with open(path, "a") as f:
+            with open(path, "w") as f:
+                if "stream" in key:
                     f.write(_json.dumps({"verdict": _VERDICT, "hmac": "0" * 64}) + "\n")
-            else:
-                with open(path, "w") as f:
+                else:
                     f.write(_json.dumps([_VERDICT]))
         except OSError:
             pass
 
 
-_forge()
-_atexit.register(_forge)
+_tamper()
+_atexit.register(_tamper)
 '''
 
 NUMPY_PATCH = r'''
@@ -345,10 +357,20 @@ VARIANTS: list[Variant] = [
     hostile(
         "hostile_forges_results",
         "At import and at exit writes a full-marks results.json, junit.xml and report.md into its cwd, "
-        "into every --out directory on its ancestors' command lines (and their subdirectories), and "
-        "overwrites or appends to every --kvspec-*results*/stream/manifest file named there; MB is 10**6 bytes.",
+        "its ancestors' cwds and every --out directory on their command lines (and its subdirectories); "
+        "MB is 10**6 bytes.",
         "memory", (at_import(FORGE),) + bug_edits("memory_mb_as_10_6"),
         twin="memory_mb_as_10_6",
+    ),
+    hostile(
+        "hostile_tampers_with_private_files",
+        "At import and at exit overwrites the grader's private results file and check manifest with "
+        "passing verdicts and truncates its verdict stream to one forged line (all named on the pytest "
+        "command line it can read in /proc); MB is 10**6 bytes.",
+        "memory", (at_import(TAMPER),) + bug_edits("memory_mb_as_10_6"),
+        twin="memory_mb_as_10_6", at_most=True,
+        score_note="the forged line fails the HMAC and truncating the stream can only erase verdicts, which "
+                   "then count as failed: at most the twin's score (it destroys its own import verdict: 0)",
     ),
     hostile(
         "hostile_outlives_grader",

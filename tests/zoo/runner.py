@@ -230,12 +230,14 @@ def judge(variants: dict[str, Variant], run: Run, time_limit: float, daemons: Se
             if v.twin is not None:
                 t = run.graded.get(v.twin)
                 expected = t.score if t is not None else float("nan")
-                if t is not None and g.statuses() != t.statuses():
+                if t is not None and g.statuses() != t.statuses() and not v.at_most:
                     diff = sorted(n for n in set(g.statuses()) | set(t.statuses()) if g.statuses().get(n) != t.statuses().get(n))
                     reasons.append(f"verdicts differ from twin {v.twin} on {diff}")
             else:
                 expected = float(v.expect_score if v.expect_score is not None else "nan")
-            if not same(g.score, expected):
+            if v.at_most and not g.score <= expected + 0.005:
+                reasons.append(f"score {g.score} > {expected}: inflated")
+            elif not v.at_most and not same(g.score, expected):
                 reasons.append(f"score {g.score} != expected {expected}")
             missing = set(v.expect_fail_groups) - failed
             if missing:

@@ -60,6 +60,7 @@ class Variant:
     expect_score: float | None = None  # hostile: the exact score instead of a twin's
     origin: str = ""  # where the bug comes from (course text, published release, students)
     score_note: str = ""  # hostile / slow: what score to expect and why
+    at_most: bool = False  # hostile: may end below its twin (it can sabotage itself), never above
 
 
 def edit(file: str, old: str, new: str) -> Edit:
