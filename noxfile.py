@@ -49,7 +49,7 @@ def grade(session: nox.Session) -> None:
 @nox.session(python=PYTHON)
 def zoo(session: nox.Session) -> None:
     """The zoo (tests/zoo) graded by `python -m spec grade` with the default profile; prints the table (docs/zoo.md).
-    ARGS go to `python -m tests.zoo grade`, e.g. --shards 2 --jobs 1, or variant names."""
+    ARGS go to `python -m tests.zoo grade`, e.g. --shards 1 --jobs 2, or variant names."""
     session.install("-e", ".")
     session.run("python", "-m", "tests.zoo", "grade", "--profile", "default", *session.posargs)
 
