@@ -169,7 +169,7 @@ class GPT:
         if start_pos < 0 or start_pos + t > self.max_seq_len:
             raise ValueError(f"positions {start_pos}..{start_pos + t - 1} outside [0, {self.max_seq_len})")
         x = self.token_embedding[ids] + self.position_embedding[start_pos : start_pos + t]
-        mask = self.tensor(np.tril(np.ones((t, t), dtype=np.float32)))
+        mask = self.tensor(np.tri(t, dtype=np.float32))  # 1.0 on and below the diagonal
         for block in self.blocks:
             x = block.forward(x, mask)
         return self.tensor(self.lm_head.project(self.ln_f(x)))

@@ -95,10 +95,17 @@ class KVCache:
         self._values[layer_idx][:, :, self.seq_pos, :] = v[:, :, 0, :]
 
     def get(self, layer_idx: int) -> tuple[Tensor, Tensor]:
-        """Keys and values cached for `layer_idx`: the valid prefix, (B, H, seq_pos, D)."""
+        """Keys and values cached for `layer_idx`: the valid prefix, (B, H, seq_pos, D).
+
+        Decision: views of the storage, not copies. Reason: a decode step reads every
+        layer's whole prefix, so a copy would cost O(seq_pos) per layer per token on top
+        of the attention that reads it. Later updates never touch the prefix returned
+        (they write at seq_pos and beyond); `reset` zeroes it, so a caller keeping keys
+        across a reset must copy them. The spec allows both (KV-GET-3).
+        """
         self._check_layer(layer_idx)
         n = self.seq_pos
-        return Tensor(self._keys[layer_idx][:, :, :n, :]), Tensor(self._values[layer_idx][:, :, :n, :])
+        return Tensor(self._keys[layer_idx][:, :, :n, :], copy=False), Tensor(self._values[layer_idx][:, :, :n, :], copy=False)
 
     def advance(self) -> None:
         """Move to the next position, once per token after every layer has updated.

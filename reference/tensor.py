@@ -18,11 +18,12 @@ class Tensor:
     """A float32 NumPy array with TinyTorch's method names.
 
     Like TinyTorch, construction copies and converts to float32, so a Tensor never
-    aliases the caller's array.
+    aliases the caller's array. `copy=False` (not in TinyTorch) wraps a float32 array
+    as it is: KVCache.get uses it to hand out views of its storage without copying.
     """
 
-    def __init__(self, data: Any, requires_grad: bool = False) -> None:
-        self.data: NDArray[np.float32] = np.array(data, dtype=np.float32)
+    def __init__(self, data: Any, requires_grad: bool = False, *, copy: bool = True) -> None:
+        self.data: NDArray[np.float32] = np.array(data, dtype=np.float32) if copy else np.asarray(data, dtype=np.float32)
         self.requires_grad = requires_grad
 
     @property

@@ -97,7 +97,9 @@ VALIDATE = (
     "            if array.shape != expected:\n"
     "                raise ValueError(f\"{name} shape {array.shape} != expected {expected} (B, H, 1, D)\")\n"
 )
-GET_RETURN = "        return Tensor(self._keys[layer_idx][:, :, :n, :]), Tensor(self._values[layer_idx][:, :, :n, :])\n"
+GET_RETURN = (
+    "        return Tensor(self._keys[layer_idx][:, :, :n, :], copy=False), Tensor(self._values[layer_idx][:, :, :n, :], copy=False)\n"
+)
 ALLOCATE = (
     "        self._keys = [np.zeros(shape, dtype=np.float32) for _ in range(self.num_layers)]\n"
     "        self._values = [np.zeros(shape, dtype=np.float32) for _ in range(self.num_layers)]\n"
@@ -189,7 +191,7 @@ MUTANTS = (
     Mutant(
         "get consumes what it returns",
         GET_RETURN,
-        "        out = Tensor(self._keys[layer_idx][:, :, :n, :]), Tensor(self._values[layer_idx][:, :, :n, :])\n"
+        "        out = Tensor(self._keys[layer_idx][:, :, :n, :]), Tensor(self._values[layer_idx][:, :, :n, :])  # copies\n"
         "        self._keys[layer_idx][:, :, :n, :] = 0\n"
         "        return out\n",
         (GET,), ("machine",), says=("KV-GET-3",),
