@@ -18,9 +18,9 @@ def tests(session: nox.Session) -> None:
 
 @nox.session(python=PYTHON)
 def typecheck(session: nox.Session) -> None:
-    """mypy --strict over reference/ and spec/."""
+    """mypy --strict over reference/, spec/ and bench/."""
     session.install("-e", ".[dev]")
-    session.run("mypy", "--strict", "reference", "spec")
+    session.run("mypy", "--strict", "reference", "spec", "bench")
 
 
 @nox.session(python=PYTHON)
