@@ -274,7 +274,8 @@ CLAUSES: tuple[Clause, ...] = (
     ),
     Clause(
         "KV-NI-3", "MUST", "non-invasive",
-        "`disable_kv_cache` on a model that was never enabled does not raise and changes nothing.",
+        "`disable_kv_cache` on a model that was never enabled does not raise and changes nothing (setting the "
+        "flags of KV-NI-5 to their disabled values aside).",
         "Cleanup code calls disable unconditionally.",
     ),
     Clause(
@@ -283,6 +284,16 @@ CLAUSES: tuple[Clause, ...] = (
         "`disable_kv_cache` then restores bit-identical outputs.",
         "A patch that wraps its own patch runs the cache twice per token or saves the patched method as the "
         "original.",
+    ),
+    Clause(
+        "KV-NI-5", "MUST", "non-invasive",
+        "After `disable_kv_cache(model)`, whether or not the model was enabled, `model._cache_enabled` is `False` "
+        "and `model._kv_cache` is `None`; either attribute may instead be absent.",
+        "The course's generation code reads `_cache_enabled` to choose the cached path: left `True`, it decodes "
+        "through a cache that is no longer wired in, and a `_kv_cache` left set keeps the cache's storage alive. "
+        "Absent is the state of a model never enabled (the model defines neither attribute), which that code "
+        "already handles, so deleting the attributes conforms. `False` exactly, as `True` exactly after enable "
+        "(KV-MOD-1): None is neither, and code testing `model._cache_enabled is False` or `== False` misreads it.",
     ),
     # -- memoization -------------------------------------------------------------------
     Clause(

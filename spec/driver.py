@@ -54,7 +54,9 @@ class ModelState:
     """What the grader may observe of its own model after enable/disable."""
 
     cache_enabled: object  # value of model._cache_enabled, or None when absent
+    cache_enabled_present: bool  # the model has an attribute _cache_enabled (tells None from absent)
     kv_cache_is_last_enabled: bool  # model._kv_cache is the object the last enable returned
+    kv_cache: str  # what model._kv_cache holds: "absent", "None", "str ''" (a plain value), "KVCache object"
     weights_digest: str  # sha256 over every weight array of the model
     key_rows: tuple[int, ...]  # per layer: rows projected by k_proj so far
     value_rows: tuple[int, ...]  # per layer: rows projected by v_proj so far

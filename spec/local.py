@@ -72,6 +72,16 @@ def _load(dotted: str) -> Any:
     return getattr(module, attr) if attr else module
 
 
+def _held(value: object) -> str:
+    """What an attribute holds, for a message: "None", a plain value with its type ("str ''"),
+    or only the type of anything else (its repr would run submission code and hold an address)."""
+    if value is None:
+        return "None"
+    if type(value) in (bool, int, float, str):
+        return f"{type(value).__name__} {repr(value)[:80]}"
+    return f"{type(value).__name__[:100]} object"
+
+
 class _Projections:
     """The grader's own references to a model's weights and projections, taken at
     construction, so replacing `block.attention` with a wrapper cannot hide them."""
@@ -279,9 +289,13 @@ class LocalDriver(Driver):
         m, p = self._models[model]
         enabled = getattr(m, "_cache_enabled", None)
         last = self._last_enabled.get(model)
+        missing = object()
+        held = getattr(m, "_kv_cache", missing)
         return ModelState(
             cache_enabled=enabled if isinstance(enabled, (bool, int, type(None))) else repr(enabled)[:200],
-            kv_cache_is_last_enabled=last is not None and getattr(m, "_kv_cache", None) is last,
+            cache_enabled_present=hasattr(m, "_cache_enabled"),
+            kv_cache_is_last_enabled=last is not None and held is last,
+            kv_cache="absent" if held is missing else _held(held),
             weights_digest=p.digest(),
             key_rows=tuple(lin.rows_seen for lin in p.keys),
             value_rows=tuple(lin.rows_seen for lin in p.values),

@@ -392,11 +392,14 @@ def _check_state(v: dict[str, Any]) -> ModelState:
     enabled = v["cache_enabled"]
     if enabled is not None and type(enabled) not in (bool, int, str):
         raise ProtocolError("cache_enabled must be a bool, int, str or None")
-    if type(v["kv_cache_is_last_enabled"]) is not bool:
-        raise ProtocolError("kv_cache_is_last_enabled must be a bool")
+    for flag in ("cache_enabled_present", "kv_cache_is_last_enabled"):
+        if type(v[flag]) is not bool:
+            raise ProtocolError(f"{flag} must be a bool")
     return ModelState(
         cache_enabled=enabled,
+        cache_enabled_present=v["cache_enabled_present"],
         kv_cache_is_last_enabled=v["kv_cache_is_last_enabled"],
+        kv_cache=expect_str(v["kv_cache"], "kv_cache"),
         weights_digest=expect_str(v["weights_digest"], "weights_digest"),
         key_rows=_int_tuple(v["key_rows"], "key_rows"),
         value_rows=_int_tuple(v["value_rows"], "value_rows"),

@@ -129,8 +129,12 @@ def test_every_operation_crosses_as_plain_data(drivers: list[IsolatedDriver]) ->
     assert np.allclose(step[0, 0], logits[0, 0], atol=1e-5)
     state = d.model_state(m)
     assert type(state) is ModelState and state.cache_enabled is True and state.kv_cache_is_last_enabled
+    assert state.cache_enabled_present and state.kv_cache == "KVCache object"
     assert d.attribute(cache, "num_layers") == 2
     d.disable(m)
+    state = d.model_state(m)
+    assert state.cache_enabled is False and state.cache_enabled_present and state.kv_cache == "None"
+    assert d.model_state(d.new_model(ModelConfig(5, 2, 1, 1, 4))).kv_cache == "absent"
     with pytest.raises(SubmissionRaised) as raised:
         d.new_cache(0, 1, 1, 1, 1)
     assert raised.value.is_a("ValueError")

@@ -1,4 +1,5 @@
-"""Group non-invasive: enabling the cache changes no weight, and disabling it gives the model back.
+"""Group non-invasive: enabling the cache changes no weight, and disabling it gives the model back
+(its original attention, and flags that no longer say the cache is on).
 
 "Bit-identical" is literal here (np.array_equal): after disable_kv_cache the model must
 run its original attention again, which computes exactly what it computed before.
@@ -132,3 +133,32 @@ def test_enabling_twice_is_harmless(driver: Driver, case: ProbeCase) -> None:
     expect_same_outputs(s, model, probe_set, before, "KV-NI-4",
                         "one disable_kv_cache after enabling twice must restore the original attention: did the second "
                         "enable save the first patch as the 'original'?")
+
+
+def flag_hint(model: ModelRef, enabled: bool, value: object) -> str:
+    done = (f"after enable_kv_cache({model.name}) and disable_kv_cache({model.name})" if enabled
+            else f"after disable_kv_cache({model.name}) on a model that was never enabled")
+    if value is True:
+        why = "no longer wired in" if enabled else "this model never had"
+        return (f"{done}, model._cache_enabled must be False (or the attribute deleted): the course's generation code "
+                f"reads it to choose the cached path, and True sends it into a cache {why}.")
+    return f"{done}, model._cache_enabled must be False (or the attribute deleted), not another false-looking value."
+
+
+@checks("KV-NI-5")
+@given(config=model_configs(), enabled=st.booleans())
+def test_disable_clears_the_cache_flags(driver: Driver, config: ModelConfig, enabled: bool) -> None:
+    s = Session(driver)
+    model = s.new_model(config)
+    if enabled:
+        model.enable()
+    model.disable()
+    state = model.state()
+    if state.cache_enabled_present and state.cache_enabled is not False:
+        raise s.fail("KV-NI-5", False, state.cache_enabled, call=f"print({model.name}._cache_enabled)",
+                     hint=flag_hint(model, enabled, state.cache_enabled))
+    if state.kv_cache not in ("absent", "None"):
+        got = f"the {state.kv_cache} enable_kv_cache returned" if state.kv_cache_is_last_enabled else state.kv_cache
+        raise s.fail("KV-NI-5", None, got, call=f"print({model.name}._kv_cache)",
+                     hint="disable_kv_cache must set model._kv_cache = None (or delete the attribute), so the model no "
+                          "longer holds the cache and its pre-allocated storage.")
