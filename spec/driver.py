@@ -5,7 +5,8 @@ What crosses it is plain data: ints, floats, strings, float64/int64 ndarrays, an
 handles (small ints) that name caches and models living on the submission's side.
 When submission code raises, the driver raises `SubmissionRaised` describing the
 exception; when the submission's process dies or hangs (out-of-process drivers), it
-raises `SubmissionCrashed`. Properties never hold a submission object.
+raises `SubmissionCrashed`, unless that happened before the submission's import began:
+then it is the grader's fault (`GraderFault`). Properties never hold a submission object.
 
 Two implementations sit behind this interface: `spec.local.LocalDriver` runs the
 submission in this process (trusted code, course CI, the reference), and
@@ -89,6 +90,19 @@ class SubmissionCrashed(BaseException):
     def __init__(self, kind: str, detail: str) -> None:
         super().__init__(f"{kind}: {detail}")
         self.kind = kind  # "timeout", "exit", "signal", "protocol", "budget"
+        self.detail = detail
+
+
+class GraderFault(BaseException):
+    """The grader's own machinery failed before any submission code could run: the worker
+    did not start, or died or broke the protocol before it began importing the submission
+    (spec.isolated). Not the submission's fault, so no check may count it against the
+    submission: the check fails with this, its verdict says so, and the grader stops with
+    exit code 2 instead of writing a score. A BaseException for the reason given at
+    SubmissionCrashed."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
         self.detail = detail
 
 

@@ -21,6 +21,13 @@ After a crash every later call raises the same SubmissionCrashed at once; there 
 respawn within a driver. `captured_output()` returns what the worker wrote to its stdout
 and stderr: the first and last 32 KiB, with the number of bytes left out between.
 
+Whose fault a failure is depends on the phase the worker reported. Until it says that the
+submission's import begins (the phase message, spec.protocol), no submission code has
+run: a worker that cannot be started, dies, hangs, breaks the protocol or reports an
+error before then is the grader's own failure, and raises GraderFault instead of
+SubmissionCrashed (the grader then exits 2 rather than score the submission). From the
+phase message on, everything is the submission's: its code shares the worker's process.
+
 The worker runs in a fresh empty temporary directory (its cwd, deleted on close), with an
 environment built from a short allow-list (PATH, HOME, LANG, LC_*, TMPDIR, ...: no
 KVSPEC_*, PYTEST_*, HYPOTHESIS_* or other variables of the grader), PYTHONHASHSEED=0, and
@@ -50,6 +57,7 @@ from spec.driver import (
     CacheId,
     Driver,
     FloatArray,
+    GraderFault,
     IntArray,
     Measurement,
     ModelConfig,
@@ -363,7 +371,8 @@ class IsolatedDriver(Driver):
         self._worker: _Worker | None = None
         self._finalizer: weakref.finalize[[], IsolatedDriver] | None = None
         self._seq = 0
-        self._crash: tuple[str, str] | None = None
+        self._crash: tuple[str, str] | None = None  # kind "grader": a GraderFault
+        self._began_import = False  # the worker reported that the submission's import begins
         self._info: SubmissionInfo | None = None
         self._unavailable: tuple[str, str] | None = None
         self._closed = False
@@ -373,11 +382,23 @@ class IsolatedDriver(Driver):
         # One raise site for every report of this crash: Hypothesis sees the same failure
         # when it replays an example, whether the crash happened now or earlier.
         assert self._crash is not None
+        if self._crash[0] == "grader":
+            raise GraderFault(self._crash[1])
         raise SubmissionCrashed(*self._crash)
 
     def _crashed(self, kind: str, detail: str) -> NoReturn:
+        if not self._began_import:
+            self._grader_fault(f"{kind}: {detail}")
         self._crash = (kind, detail)
         self._stop_worker()
+        self._fail_crashed()
+
+    def _grader_fault(self, detail: str) -> NoReturn:
+        """Fail before any submission code ran: the grader's fault (see the module docstring)."""
+        self._stop_worker()  # collects the worker's last output
+        lines = [ln.strip() for ln in self.captured_output().splitlines() if ln.strip()]
+        last = f"; the worker's last output: {lines[-1][:300]}" if lines else ""
+        self._crash = ("grader", f"the grading worker failed before it began importing the submission ({detail}){last}")
         self._fail_crashed()
 
     def _stop_worker(self) -> None:
@@ -390,7 +411,11 @@ class IsolatedDriver(Driver):
     def _start(self) -> None:
         if self._worker is None:
             start = time.monotonic()
-            self._worker = _Worker(self.memory_mb)
+            try:
+                self._worker = _Worker(self.memory_mb)
+            except Exception as exc:
+                self._crash = ("grader", f"could not start the grading worker: {type(exc).__name__}: {exc}")
+                self._fail_crashed()
             self._finalizer = weakref.finalize(self, self._worker.kill)
             self.spent += time.monotonic() - start
             # Starting runs no submission code: a generous fixed allowance, so a loaded
@@ -417,6 +442,9 @@ class IsolatedDriver(Driver):
         try:
             protocol.write_with_deadline(worker.req_w, request, deadline)
             reply = protocol.parse(worker.reader.read(deadline))
+            if not self._began_import and _is_import_phase(reply, seq):
+                self._began_import = True
+                reply = protocol.parse(worker.reader.read(deadline))
             if type(reply) is not dict or reply.get("seq") != seq or type(reply.get("seq")) is not int:
                 raise protocol.ProtocolError(f"a response to request {seq} carried sequence number {str(reply.get('seq') if type(reply) is dict else None)[:20]}")
             if set(reply) == {"seq", "ok"}:
@@ -449,6 +477,9 @@ class IsolatedDriver(Driver):
 
     def _raise_reported(self, op: str, err: dict[str, Any]) -> NoReturn:
         kind = err.get("kind")
+        if not self._began_import:  # no submission code has run: whatever failed is ours
+            what = protocol.clip(err.get("message"), 300) or protocol.clip(err.get("detail"), 300)
+            self._grader_fault(f"it reported an error during {_call_name(op)}: {protocol.clip(err.get('type_name'), 200)}: {what}")
         if kind == "raised":
             mro = err.get("mro")
             if type(mro) is not list or not all(type(n) is str for n in mro) or len(mro) > 256:
@@ -491,6 +522,8 @@ class IsolatedDriver(Driver):
             self._start()
             try:
                 self._info = protocol.expect_info(self._exchange("describe", (), self.import_timeout))
+                if not self._began_import:
+                    self._grader_fault("it answered describe() without reporting that the submission's import begins")
             except SubmissionUnavailable as exc:
                 self._unavailable = (exc.detail, exc.traceback)
                 raise
@@ -569,6 +602,11 @@ class IsolatedDriver(Driver):
         if not self._closed:
             self._closed = True
             self._stop_worker()
+
+
+def _is_import_phase(reply: object, seq: int) -> bool:
+    """The worker's phase message for request `seq`: the submission's import begins now."""
+    return type(reply) is dict and set(reply) == {"seq", "phase"} and type(reply["seq"]) is int and reply["seq"] == seq and reply["phase"] == "import"
 
 
 def _f64(array: FloatArray) -> FloatArray:

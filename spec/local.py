@@ -117,6 +117,10 @@ class LocalDriver(Driver):
         self._models: dict[int, tuple[GPT, _Projections]] = {}
         self._last_enabled: dict[int, Any] = {}
         self._next = 0
+        # Called once, just before the submission's directory goes on sys.path and its
+        # module is imported: the isolated worker reports there that submission code may
+        # run from now on (everything before is the grader's own, see spec.isolated).
+        self.before_import: Callable[[], None] | None = None
 
     # -- loading -----------------------------------------------------------------------
     def describe(self) -> SubmissionInfo:
@@ -127,6 +131,9 @@ class LocalDriver(Driver):
     def _ensure_loaded(self) -> None:
         if self._module is not None:
             return
+        announce, self.before_import = self.before_import, None
+        if announce is not None:
+            announce()
         if self.target.path is not None and self.target.path not in sys.path:
             sys.path.insert(0, self.target.path)
         try:

@@ -2,7 +2,10 @@
 
 A message is a 4-byte big-endian length followed by that many bytes of UTF-8 JSON,
 at most `MAX_MESSAGE` bytes. Requests are `{"seq": n, "op": name, "args": [...]}`;
-responses are `{"seq": n, "ok": value}` or `{"seq": n, "err": {...}}`.
+responses are `{"seq": n, "ok": value}` or `{"seq": n, "err": {...}}`. Once per worker,
+just before it imports the submission (during the first request that needs it), the worker
+sends `{"seq": n, "phase": "import"}` ahead of that request's response: until then no
+submission code has run, so a failure before it is the grader's, never the submission's.
 
 Values are JSON scalars (None, bool, int, float including NaN/Infinity, str) and JSON
 arrays (lists). Every JSON object on the wire is a tagged value: `{"$": "tuple", "v": [...]}`,
@@ -13,7 +16,7 @@ The grader decodes every response twice over: `decode` rebuilds plain values (ar
 float64/int64 ndarrays it allocates itself, from bytes, with the shape checked against the
 byte count), and the `expect_*` functions check that the value has the type the called
 operation returns. Anything else is a `ProtocolError`, which the isolated driver reports as
-`SubmissionCrashed("protocol", ...)`. A response carries observations only (what a call
+`SubmissionCrashed("protocol", ...)` (or, before the phase message, as a `GraderFault`). A response carries observations only (what a call
 returned or raised); there is no field that says whether a check passed.
 """
 

@@ -19,7 +19,7 @@ from typing import Any, Generator
 import pytest
 
 from spec.clauses import group_of
-from spec.driver import SubmissionCrashed, SubmissionRaised, SubmissionUnavailable
+from spec.driver import GraderFault, SubmissionCrashed, SubmissionRaised, SubmissionUnavailable
 from spec.session import SpecFailure
 
 MAX_OUTPUT = 20_000
@@ -34,6 +34,7 @@ class Verdict:
     passed: bool
     message: str  # empty when passed
     duration: float
+    fault: str = ""  # a GraderFault's detail: the grader failed before the submission's code ran; not scored
 
 
 def explain(exc: BaseException, clauses: list[str]) -> str:
@@ -43,6 +44,8 @@ def explain(exc: BaseException, clauses: list[str]) -> str:
     example = f"\nMinimal example (run it from your submission's directory):\n{script}" if script else ""
     if isinstance(exc, SpecFailure):
         return str(exc)
+    if isinstance(exc, GraderFault):
+        return f"[{cited}] not graded: an internal error of the grader, not of your code ({exc.detail}); please report this to the course staff"
     if isinstance(exc, SubmissionUnavailable):
         return f"[{cited}] could not be checked: {exc.detail}\n{exc.traceback}".rstrip()
     if isinstance(exc, SubmissionCrashed):
@@ -87,6 +90,8 @@ class Collector:
         clauses = [str(a) for a in marker.args]
         report.user_properties.append(("kvspec_clauses", clauses))
         if report.failed and call.excinfo is not None:
+            if isinstance(call.excinfo.value, GraderFault):
+                report.user_properties.append(("kvspec_fault", call.excinfo.value.detail))
             message = explain(call.excinfo.value, clauses)
             output = captured_output(item)
             if output:
@@ -108,6 +113,9 @@ class Collector:
         v.duration += report.duration
         if report.failed or report.skipped:
             v.passed = False
+            fault = props.get("kvspec_fault")
+            if fault and not v.fault:
+                v.fault = str(fault)
             message = props.get("kvspec_message")
             if not message:
                 message = f"[{', '.join(v.clauses)}] {'skipped' if report.skipped else 'failed'} in {report.when}: {report.longreprtext[-MAX_OUTPUT:]}"

@@ -15,7 +15,9 @@ MEMORY_MB; 0 = no cap) and core dumps, asks the kernel to SIGKILL it if the grad
 and enables faulthandler (a segfault prints the Python stack into the captured output).
 
 It answers with observations only: what a driver call returned (plain data) or raised
-(a description). It never decides, or reports, whether a check passed.
+(a description). It never decides, or reports, whether a check passed. The one message
+that is not an answer is the phase message, sent just before the submission's import
+begins (see spec.protocol): the grader blames itself for any failure before it.
 """
 
 from __future__ import annotations
@@ -125,6 +127,12 @@ def serve(request_fd: int, response_fd: int) -> None:
 
     driver: LocalDriver | None = None
     requests = protocol.Reader(request_fd)
+
+    def announce_import() -> None:
+        # From here on submission code may run; everything before was the grader's own.
+        _flush_output()
+        protocol.write_blocking(response_fd, protocol.frame({"seq": seq, "phase": "import"}))
+
     while True:
         body = requests.read_blocking()
         if body is None:
@@ -142,6 +150,7 @@ def serve(request_fd: int, response_fd: int) -> None:
                 if driver is not None or len(args) != 1 or type(args[0]) is not Target:
                     raise protocol.ProtocolError("init takes one Target, once")
                 driver = LocalDriver(args[0])
+                driver.before_import = announce_import
                 result: object = None
             elif op in OPS and driver is not None:
                 method: Callable[..., object] = getattr(driver, op)

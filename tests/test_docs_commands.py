@@ -175,6 +175,9 @@ def check_what_the_doc_says(command: Command, cwd: Path, proc: subprocess.Comple
         check_batch(cwd / m.group(1))
     if "--kvspec-fail-under" in text:
         assert "kvspec score" in proc.stdout
+    if text.startswith("KVSPEC_WORKER_MEMORY_MB="):  # instructors.md: a worker that cannot start is the grader's fault
+        assert "python -m spec grade: error: internal error, a grader fault and not the submission's: " in proc.stderr
+        assert not (cwd / "grade-report" / "results.json").exists()
     if command.doc == "students.md" and text.startswith("python -m spec grade"):
         # The counterexample quoted in students.md is what this very command reports.
         quoted = fenced_blocks((DOCS / "students.md").read_text(), "text")
@@ -202,7 +205,7 @@ def test_gradescope_packaging_commands(repo_clone: Path) -> None:
     assert {"setup.sh", "run_autograder", "kvspec/pyproject.toml", "kvspec/spec/rubric.toml"} <= names
 
 
-def _autograder(tmp_path: Path, submission: Path | None) -> tuple[subprocess.CompletedProcess[str], dict[str, Any]]:
+def _run_autograder(tmp_path: Path, submission: Path | None, **extra_env: str) -> subprocess.CompletedProcess[str]:
     root = tmp_path / "autograder"
     (root / "source").mkdir(parents=True)
     if submission is None:
@@ -210,12 +213,16 @@ def _autograder(tmp_path: Path, submission: Path | None) -> tuple[subprocess.Com
         (root / "submission" / "notes.txt").write_text("forgot to upload my code")
     else:
         shutil.copytree(submission, root / "submission", ignore=shutil.ignore_patterns("__pycache__"))
-    env = environment() | {"AUTOGRADER_ROOT": str(root), "KVSPEC_PYTHON": sys.executable}
-    proc = subprocess.run(
+    env = environment() | {"AUTOGRADER_ROOT": str(root), "KVSPEC_PYTHON": sys.executable} | extra_env
+    return subprocess.run(
         ["bash", str(DOCS / "gradescope" / "run_autograder"), "--profile", "quick"],
         cwd=root / "source", env=env, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
-    return proc, json.loads((root / "results" / "results.json").read_text())
+
+
+def _autograder(tmp_path: Path, submission: Path | None) -> tuple[subprocess.CompletedProcess[str], dict[str, Any]]:
+    proc = _run_autograder(tmp_path, submission)
+    return proc, json.loads((tmp_path / "autograder" / "results" / "results.json").read_text())
 
 
 def test_run_autograder_grades_the_submission(tmp_path: Path) -> None:
@@ -234,6 +241,22 @@ def test_run_autograder_explains_an_upload_without_code(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     assert data["score"] == 0 and "no cache module" in data["output"] and "Upload your tinytorch folder" in data["output"]
     assert not (tmp_path / "autograder" / "results" / "grader-error.txt").exists()
+
+
+def test_run_autograder_writes_no_score_when_the_grader_itself_fails(tmp_path: Path) -> None:
+    site = tmp_path / "site"  # breaks the grader's isolated worker before it imports the submission
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(
+        "import os, sys\nif sys.orig_argv[1:3] == ['-m', 'spec.worker']:\n    os._exit(1)\n"
+    )
+    upload = tmp_path / "upload"
+    upload.mkdir()
+    (upload / "memoization.py").write_text("from reference.memoization import Tensor, KVCache, enable_kv_cache, disable_kv_cache\n")
+    proc = _run_autograder(tmp_path, upload, PYTHONPATH=str(site))
+    results = tmp_path / "autograder" / "results"
+    assert proc.returncode == 1 and "grader fault" in proc.stdout, proc.stdout + proc.stderr
+    assert not (results / "results.json").exists()  # Gradescope then says the autograder failed: no score
+    assert not (results / "grader-error.txt").exists()
 
 
 def test_setup_script_is_valid_bash_and_installs_where_run_autograder_looks() -> None:

@@ -30,9 +30,9 @@ GOOD = "from reference.memoization import Tensor, KVCache, enable_kv_cache, disa
 BROKEN = "import numpy as np\n\n\ndef helper():\n    return 1 / 0\n\n\nhelper()  # a student's leftover debugging call\n"
 
 
-def grade(*args: str | Path, cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+def grade(*args: str | Path, cwd: Path, timeout: float = 300, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "spec", "grade", *map(str, args)], cwd=cwd, capture_output=True, text=True, timeout=timeout
+        [sys.executable, "-m", "spec", "grade", *map(str, args)], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env
     )
 
 
@@ -153,6 +153,60 @@ def test_import_failure_is_a_graded_zero_with_the_traceback(tmp_path: Path) -> N
     assert others and all("could not be loaded" in t["output"] for t in others)
     assert "ZeroDivisionError" in (tmp_path / "out" / "report.md").read_text()
     assert time.monotonic() - start < 60  # the other checks are not run one by one
+
+
+# -- a grader fault is exit 2, never the student's score -----------------------------------
+
+# On PYTHONPATH (which the grader's runs and their workers inherit), this breaks only the
+# isolated worker, before it can import the submission: a broken grading environment.
+BREAKS_THE_WORKER = """\
+import os, sys
+if sys.orig_argv[1:3] == ["-m", "spec.worker"]:
+    sys.stderr.write("simulated: the grading worker cannot start\\n")
+    os._exit(1)
+"""
+
+
+def test_a_worker_that_fails_before_importing_the_submission_is_a_grader_fault(tmp_path: Path) -> None:
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(BREAKS_THE_WORKER)
+    loose(tmp_path / "good", GOOD)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (str(site), os.environ.get("PYTHONPATH")) if p))
+    proc = grade("good", "--profile", "quick", "--out", "out", cwd=tmp_path, env=env)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("python -m spec grade: error: internal error, a grader fault and not the submission's: ")
+    assert "exit code 1 during starting the worker" in lines[0] and "simulated: the grading worker cannot start" in lines[0]
+    assert "no score was written" in lines[0] and "Traceback" not in proc.stdout + proc.stderr
+    assert not (tmp_path / "out" / "results.json").exists() and not (tmp_path / "out" / "report.md").exists()
+
+
+def test_course_ci_reports_a_grader_fault_as_an_internal_error_not_a_score(tmp_path: Path) -> None:
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(BREAKS_THE_WORKER)
+    loose(tmp_path / "good", GOOD)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("KVSPEC_", "PYTEST_", "HYPOTHESIS"))}
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(site), os.environ.get("PYTHONPATH")) if p)
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "--pyargs", "spec.checks.test_import", "-p", "no:cacheprovider", "-q",
+         "--kvspec-submission=good", "--kvspec-isolation=process", "--kvspec-fail-under=0"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 3, proc.stdout + proc.stderr  # pytest's internal error, though 0 points pass fail-under 0
+    assert "kvspec: internal error, a grader fault and not the submission's; not scored" in proc.stdout
+
+
+def test_a_submission_that_kills_its_process_at_import_is_its_own_crash(tmp_path: Path) -> None:
+    loose(tmp_path / "dies", "import os\n\nos._exit(3)\n")
+    proc = grade("dies", "--profile", "quick", "--out", "out", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    data = results(tmp_path / "out")
+    assert gradescope_problems(data) == [] and data["score"] == 0
+    (imp,) = [t for t in data["tests"] if "import" in t["tags"]]
+    assert "your code's process exit: exit code 3 during importing the submission" in imp["output"]
 
 
 HOSTILE = '''

@@ -23,7 +23,16 @@ import pytest
 
 from spec import protocol
 from spec.discovery import Target, find_target
-from spec.driver import Measurement, ModelConfig, ModelState, SubmissionCrashed, SubmissionInfo, SubmissionRaised, SubmissionUnavailable
+from spec.driver import (
+    GraderFault,
+    Measurement,
+    ModelConfig,
+    ModelState,
+    SubmissionCrashed,
+    SubmissionInfo,
+    SubmissionRaised,
+    SubmissionUnavailable,
+)
 from spec.isolated import IsolatedDriver, WorkerError
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="process isolation tests use /proc")
@@ -248,9 +257,62 @@ def test_an_import_that_hangs_is_waited_out_once_per_process(tmp_path: Path, dri
 
 def test_os_exit_at_import_is_a_crash_during_import(tmp_path: Path, drivers: list[IsolatedDriver]) -> None:
     target = write_submission(tmp_path / "sub", "os._exit(9)\n")
-    with pytest.raises(SubmissionCrashed) as crash:
+    with pytest.raises(SubmissionCrashed) as crash:  # the submission's crash, not a GraderFault: its import had begun
         make(drivers, target).describe()
     assert crash.value.kind == "exit" and crash.value.detail == "exit code 9 during importing the submission"
+
+
+# -- grader faults: the worker breaks before the submission's import begins ------------------
+
+# A sitecustomize on PYTHONPATH (which the worker inherits) breaks only `python -m spec.worker`,
+# as a broken grading environment would: no test hook in the grader itself.
+BROKEN_WORKERS = {
+    # name: (what the sitecustomize does in the worker, what the fault must say)
+    "the worker's own import fails": ("""
+        class _Refuse:
+            def find_spec(self, name, path=None, target=None):
+                if name == "spec.local":
+                    raise ImportError("simulated: the worker cannot import spec.local")
+        sys.meta_path.insert(0, _Refuse())
+        """, ("exit code 1 during starting the worker", "ImportError: simulated: the worker cannot import spec.local")),
+    "garbage before the handshake": (
+        'os.write(int(sys.orig_argv[4]), b"\\x00\\x00\\x00\\x05hello")  # the response pipe\n',
+        ("protocol", "during starting the worker"),
+    ),
+    "an error reported before the import": ("""
+        import spec.local
+        def _broken(self, target):
+            raise RuntimeError("simulated bug in LocalDriver")
+        spec.local.LocalDriver.__init__ = _broken
+        """, ("it reported an error during starting the worker: RuntimeError: simulated bug in LocalDriver",)),
+    "death between the handshake and the import": ("""
+        import spec.local
+        spec.local.LocalDriver._ensure_loaded = lambda self: os._exit(5)
+        """, ("exit code 5 during importing the submission",)),
+}
+
+
+def broken_worker_path(directory: Path, name: str) -> str:
+    directory.mkdir(parents=True, exist_ok=True)
+    code = textwrap.indent(textwrap.dedent(BROKEN_WORKERS[name][0]), "    ")
+    (directory / "sitecustomize.py").write_text(f"import os, sys\nif sys.orig_argv[1:3] == ['-m', 'spec.worker']:\n{code}")
+    return str(directory)
+
+
+@pytest.mark.parametrize("name", sorted(BROKEN_WORKERS))
+def test_a_worker_broken_before_the_import_is_a_grader_fault(
+    tmp_path: Path, drivers: list[IsolatedDriver], monkeypatch: pytest.MonkeyPatch, name: str
+) -> None:
+    monkeypatch.setenv("PYTHONPATH", broken_worker_path(tmp_path / "site", name))
+    d = make(drivers, write_submission(tmp_path / "sub", ""))
+    with pytest.raises(GraderFault) as fault:
+        d.describe()
+    assert fault.value.detail.startswith("the grading worker failed before it began importing the submission")
+    for phrase in BROKEN_WORKERS[name][1]:
+        assert phrase in fault.value.detail
+    with pytest.raises(GraderFault):  # every later call says the same
+        d.new_cache(1, 2, 1, 1, 1)
+    assert d._worker is not None and d._worker.killed
 
 
 def test_os_exit_mid_call_reports_the_exit_code(tmp_path: Path, drivers: list[IsolatedDriver]) -> None:
@@ -503,6 +565,8 @@ FORGERIES = {
     "oversized length": "b'\\xff\\xff\\xff\\xff' + b'{' * 64",
     "malformed JSON": "b'\\x00\\x00\\x00\\x05{{{{{'",
     "right sequence number": "protocol.frame({'seq': seq, 'ok': protocol.encode((np.full((1, 2, 1, 3), 7.0), np.full((1, 2, 1, 3), 7.0)))})",
+    # the phase message is believed once, before any submission code ran; later it blames no one but the sender
+    "a phase message": "protocol.frame({'seq': seq, 'phase': 'import'})",
 }
 
 

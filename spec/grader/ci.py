@@ -5,7 +5,9 @@ plugin is loaded. With `--kvspec-fail-under`, the session's verdicts are scored 
 default rubric (or `--kvspec-rubric FILE`) at the end, the score per group is printed in
 the terminal summary, and the exit status follows the score: 0 at or above POINTS, 1
 below it. A failure of a test that is not a kvspec check (a course's own tests in the
-same run), a collection error or an internal error keeps pytest's own exit status.
+same run), a collection error or an internal error keeps pytest's own exit status. A check
+that failed because of a grader fault (the isolated worker broke before the submission's
+import began, spec.isolated) makes the exit status 3, pytest's internal error: not a score.
 """
 
 from __future__ import annotations
@@ -45,10 +47,14 @@ class Score:
         self.checks: dict[str, Check] = {}
         self.passed: dict[str, bool] = {}
         self.other_failures = 0
+        self.faults: list[str] = []
         self.lines: list[str] = []
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
-        clauses = dict(report.user_properties).get("kvspec_clauses")
+        props = dict(report.user_properties)
+        if props.get("kvspec_fault"):
+            self.faults.append(f"{report.nodeid}: {props['kvspec_fault']}")
+        clauses = props.get("kvspec_clauses")
         if not isinstance(clauses, list):
             if report.failed:
                 self.other_failures += 1
@@ -81,7 +87,10 @@ class Score:
         if not checks:
             self.lines.append("  no kvspec check ran: nothing to score")
         status = session.exitstatus
-        if status in (pytest.ExitCode.OK, pytest.ExitCode.TESTS_FAILED) and not self.other_failures:
+        if self.faults:
+            self.lines = [f"kvspec: internal error, a grader fault and not the submission's; not scored: {self.faults[0]}"]
+            session.exitstatus = pytest.ExitCode.INTERNAL_ERROR
+        elif status in (pytest.ExitCode.OK, pytest.ExitCode.TESTS_FAILED) and not self.other_failures:
             session.exitstatus = pytest.ExitCode.OK if ok else pytest.ExitCode.TESTS_FAILED
 
     def pytest_terminal_summary(self, terminalreporter: pytest.TerminalReporter) -> None:

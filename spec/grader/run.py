@@ -351,12 +351,22 @@ def _describe(phase: _Phase, options: Options, total: int, limit: float) -> list
     return notes
 
 
+def _stop_on_fault(phase: _Phase) -> None:
+    """A verdict that records a GraderFault (the grader failed before any submission code
+    ran): nothing of this run may be scored against the submission. GraderError, one line."""
+    faults = sorted((v for v in phase.verdicts.values() if v.fault), key=lambda v: v.nodeid)
+    if faults:
+        detail = " ".join(faults[0].fault.split())[:600]
+        raise GraderError(f"internal error, a grader fault and not the submission's: {detail} (in {faults[0].name}; no score was written)")
+
+
 def run_suite(target: Target, checks: list[Check], options: Options) -> RunResult:
     """Run every check on `target`; one Outcome per check, in `checks` order.
 
     The import checks run first, alone: if none passes, the module cannot be loaded and
     every other check would fail the same way (after the import timeout, for a module
-    that hangs), so the rest are failed at once instead of being run.
+    that hangs), so the rest are failed at once instead of being run. A check whose
+    verdict records a grader fault stops the grading with GraderError (exit code 2).
     """
     start = time.monotonic()
     deadline = start + options.time_limit
@@ -370,11 +380,13 @@ def run_suite(target: Target, checks: list[Check], options: Options) -> RunResul
     if gate:
         limit = deadline - time.monotonic()
         phase = _run_pytest(target, options, "import", True, 0, limit)
+        _stop_on_fault(phase)
         phases.append((gate, phase, limit))
         loaded = any(phase.verdicts.get(c.nodeid, None) is not None and phase.verdicts[c.nodeid].passed for c in gate)
     if rest and loaded:
         limit = deadline - time.monotonic()
         phase = _run_pytest(target, options, "import", False, options.jobs, limit)
+        _stop_on_fault(phase)
         phases.append((rest, phase, limit))
     for members, phase, limit in phases:
         verdicts.update({c.nodeid: phase.verdicts[c.nodeid] for c in members if c.nodeid in phase.verdicts})
