@@ -39,6 +39,7 @@ WEIGHTS = "test_enable_and_cached_decoding_change_no_weight"
 DISABLE = "test_disable_restores_bit_identical_outputs"
 NEVER = "test_disable_on_a_never_enabled_model_is_a_no_op"
 TWICE = "test_enabling_twice_is_harmless"
+FLAGS = "test_disable_clears_the_cache_flags"
 KV_ROWS = "test_keys_and_values_are_projected_once_per_token"
 Q_ROWS = "test_each_step_projects_the_query_of_the_new_token_only"
 
@@ -124,6 +125,9 @@ PATCH_LINE = "        attention.forward = _cached_attention_forward(attention, a
 NEVER_ENABLED_GUARD = '''        if not hasattr(block, "_original_attention_forward"):
             continue
 '''
+DISABLE_FLAGS = "    model._kv_cache = None\n    model._cache_enabled = False\n"
+DISABLE_DOC = '''    """Restore every block's original attention.forward exactly; a no-op if never enabled."""
+'''
 
 MUTANTS = (
     Mutant(
@@ -176,6 +180,12 @@ MUTANTS = (
         (DISABLE, TWICE),
     ),
     Mutant("disable crashes on a never-enabled model", NEVER_ENABLED_GUARD, "", (NEVER,), only=True),
+    Mutant("disable leaves _cache_enabled True", DISABLE_FLAGS, "    model._kv_cache = None\n", (FLAGS,), only=True,
+           says=("model._cache_enabled must be False",)),
+    Mutant("disable sets _cache_enabled = None", DISABLE_FLAGS, "    model._kv_cache = None\n    model._cache_enabled = None\n",
+           (FLAGS,), only=True, says=("Got:      None",)),
+    Mutant("disable leaves the cache on model._kv_cache", DISABLE_FLAGS, "    model._cache_enabled = False\n", (FLAGS,),
+           only=True, says=("the KVCache object enable_kv_cache returned",)),
     Mutant(
         "enabling twice wraps the first patch",
         '''    if getattr(model, "_cache_enabled", False):\n        disable_kv_cache(model)\n''',
@@ -231,6 +241,24 @@ MUTANTS = (
 CORRECT = (
     Mutant("the reference itself, as a loose module", "", "", ()),
     Mutant("wrapper object replacing block.attention", "def disable_kv_cache(model: Any) -> None:", WRAPPER_DESIGN, ()),
+    # KV-NI-5 accepts absent flags: the state of a model never enabled.
+    Mutant(
+        "disable deletes the flags instead of setting them",
+        DISABLE_FLAGS,
+        '''    for name in ("_kv_cache", "_cache_enabled"):
+        if name in vars(model):
+            delattr(model, name)
+''',
+        (),
+    ),
+    Mutant(
+        "disable of a never-enabled model returns at once (sets no flag)",
+        DISABLE_DOC,
+        DISABLE_DOC + '''    if not getattr(model, "_cache_enabled", False):
+        return
+''',
+        (),
+    ),
 )
 
 # Known limit, documented rather than hidden: a softmax without the max subtraction overflows
@@ -309,7 +337,7 @@ def run_all(mutants: tuple[Mutant, ...], tmp: Path, workers: int = 2) -> dict[st
 
 def problems_with(mutant: Mutant, verdicts: dict[str, Verdict], must_pass: bool) -> list[str]:
     failed = {name for name, v in verdicts.items() if not v.passed}
-    if len(verdicts) < 13:
+    if len(verdicts) < 14:
         return [f"{mutant.name}: only {len(verdicts)} verdicts"]
     if must_pass:
         return [f"{mutant.name} must pass every check; failed: {sorted(failed)}\n" + verdicts[n].message for n in sorted(failed)][:1]

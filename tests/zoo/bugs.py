@@ -455,6 +455,12 @@ VARIANTS: list[Variant] = [
         edit(MEMO, RESTORE, "        pass  # the flags below turn the cache off\n"),
     ),
     bug(
+        "disable_leaves_flag_set", "non-invasive",
+        "disable_kv_cache restores the attention but forgets to reset the flag: model._cache_enabled stays True, "
+        "so generation code that reads it still takes the cached path.",
+        edit(MEMO, "    model._cache_enabled = False\n", ""),
+    ),
+    bug(
         "double_patching", "non-invasive",
         "Enabling twice wraps the patch: the second enable saves the first patch as the 'original', "
         "so disable brings back the first (cached) patch.",
