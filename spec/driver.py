@@ -48,6 +48,9 @@ class ModelConfig:
     num_heads: int
     max_seq_len: int
     seed: int = 0
+    # Multiplies every layer's q_proj and k_proj weights after construction, so attention
+    # scores grow by qk_scale**2 (KV-MOD-7: scores of several hundred, as trained models have).
+    qk_scale: int = 1
 
 
 @dataclass(frozen=True)

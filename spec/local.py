@@ -268,6 +268,10 @@ class LocalDriver(Driver):
             config.vocab_size, config.embed_dim, config.num_layers, config.num_heads, config.max_seq_len,
             seed=config.seed, tensor=self._tensor,
         )
+        if config.qk_scale != 1:
+            for block in model.blocks:
+                block.attention.q_proj.weight *= np.float32(config.qk_scale)
+                block.attention.k_proj.weight *= np.float32(config.qk_scale)
         projections = _Projections(model)
         for name in remove:
             delattr(model, name)

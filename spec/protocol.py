@@ -385,7 +385,7 @@ def _check_info(v: dict[str, Any]) -> SubmissionInfo:
 
 
 def _check_config(v: dict[str, Any]) -> ModelConfig:
-    names = {"vocab_size", "embed_dim", "num_layers", "num_heads", "max_seq_len", "seed"}
+    names = {"vocab_size", "embed_dim", "num_layers", "num_heads", "max_seq_len", "seed", "qk_scale"}
     _fields("ModelConfig", v, names)
     return ModelConfig(**{k: expect_int(v[k], k) for k in names})
 

@@ -189,6 +189,11 @@ class Session:
             f"{name} = GPT({config.vocab_size}, {config.embed_dim}, {config.num_layers}, {config.num_heads}, "
             f"{config.max_seq_len}, seed={config.seed}, tensor=Tensor)"
         )
+        if config.qk_scale != 1:
+            self.record(
+                f"for b in {name}.blocks: b.attention.q_proj.weight *= {config.qk_scale}; "
+                f"b.attention.k_proj.weight *= {config.qk_scale}  # attention scores x{config.qk_scale ** 2}"
+            )
         for attr in remove:
             self.record(f"del {name}.{attr}")
         for attr, value in (override or {}).items():

@@ -261,18 +261,15 @@ CORRECT = (
     ),
 )
 
-# Known limit, documented rather than hidden: a softmax without the max subtraction overflows
-# only for scores above ~88 (float32 exp). In the grader's small GPTs the inputs to attention
-# are LayerNorm'd and the projections have std 1/sqrt(embed_dim), so |score| stays near 1-5;
-# no model_configs model reaches the overflow, and the result is otherwise equal within
-# float32 noise. Model-level checks cannot see this bug; if one ever does, move it to MUTANTS.
-UNCAUGHT = (
-    Mutant(
-        "softmax without max subtraction (overflows only for scores > 88)",
-        "softmax(scores) @ values",
-        "(np.exp(scores) / np.exp(scores).sum(axis=-1, keepdims=True)) @ values",
-        (),
-    ),
+# A softmax without the max subtraction overflows only for scores above ~88 (float32 exp); the
+# grader's ordinary models keep |score| near 1-5, so only KV-MOD-7's sharp models (q/k x12)
+# see it. The mutant must fail that check alone, with the overflow hint.
+SHARP = "test_cached_decoding_survives_large_attention_scores"
+NAIVE_SOFTMAX = Mutant(
+    "softmax without max subtraction (overflows for scores > 88)",
+    "softmax(scores) @ values",
+    "(np.exp(scores) / np.exp(scores).sum(axis=-1, keepdims=True)) @ values",
+    (SHARP,), only=True, says=("subtract each row's maximum",),
 )
 
 
@@ -361,10 +358,10 @@ def problems_with(mutant: Mutant, verdicts: dict[str, Verdict], must_pass: bool)
 def test_model_checks_catch_every_mutant_and_pass_correct_designs(tmp_path: Path) -> None:
     # One test, not one per mutant: the runs share two long-lived subprocesses (pytest-xdist
     # would otherwise start the whole batch once per worker, or pay start-up 20 times).
-    everything = MUTANTS + CORRECT + UNCAUGHT
+    everything = MUTANTS + (NAIVE_SOFTMAX,) + CORRECT
     verdicts = run_all(everything, tmp_path)
-    problems = [p for m in MUTANTS for p in problems_with(m, verdicts[m.name], must_pass=False)]
-    problems += [p for m in CORRECT + UNCAUGHT for p in problems_with(m, verdicts[m.name], must_pass=True)]
+    problems = [p for m in MUTANTS + (NAIVE_SOFTMAX,) for p in problems_with(m, verdicts[m.name], must_pass=False)]
+    problems += [p for m in CORRECT for p in problems_with(m, verdicts[m.name], must_pass=True)]
     assert not problems, "\n\n".join(problems)
 
 

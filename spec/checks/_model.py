@@ -11,7 +11,7 @@ the uncached forward of all the tokens.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 from hypothesis import strategies as st
@@ -30,6 +30,13 @@ from spec.strategies import model_configs
 RTOL = 1e-4
 ATOL = 1e-4
 MIN_EMBED_DIM = 6
+# KV-MOD-7: q_proj and k_proj weights x12 make attention scores 144 times larger (std ~100-150
+# on the grader's models): above float32 exp's limit of 88 in practically every decode of 4+
+# tokens. On the reference the largest cached-vs-uncached difference was 1.0 times KV-MOD-2's
+# tolerance over 3,000 random models and 2.5 times over 20,000 (rounding near tied top scores,
+# amplified by the larger scores), so the check allows 100x: the bug it exists for gives nan.
+SHARP_QK_SCALE = 12
+SHARP_TOLERANCE = 100
 REQUIRED_ATTRIBUTES = ("embed_dim", "num_layers", "num_heads", "max_seq_len", "blocks")
 
 
@@ -56,6 +63,13 @@ class DecodeCase:
 def decode_cases(draw: st.DrawFn, min_len: int = 1, conditioned: bool = True) -> DecodeCase:
     config = draw(well_conditioned() if conditioned else model_configs())
     return DecodeCase(config, draw(token_lists(config, min_len, config.max_seq_len)))
+
+
+@st.composite
+def sharp_decode_cases(draw: st.DrawFn) -> DecodeCase:
+    """KV-MOD-7: a well-conditioned model with attention scores x SHARP_QK_SCALE**2, 4+ tokens."""
+    config = replace(draw(well_conditioned()), qk_scale=SHARP_QK_SCALE)
+    return DecodeCase(config, draw(token_lists(config, 4, config.max_seq_len)))
 
 
 @dataclass(frozen=True)
@@ -115,8 +129,16 @@ def tokens_array(tokens: list[int]) -> IntArray:
     return np.array([tokens], dtype=np.int64)
 
 
-def close(got: FloatArray, expected: FloatArray) -> bool:
-    return got.shape == expected.shape and bool(np.allclose(got, expected, rtol=RTOL, atol=ATOL))
+def close(got: FloatArray, expected: FloatArray, widen: float = 1.0) -> bool:
+    """Equal within KV-MOD-2's tolerance (times `widen`)."""
+    return got.shape == expected.shape and bool(np.allclose(got, expected, rtol=RTOL * widen, atol=ATOL * widen))
+
+
+OVERFLOW_HINT = (
+    "the cached step returned inf or nan where the uncached forward is finite. float32 exp overflows "
+    "for scores above 88: a softmax must subtract each row's maximum before exponentiating, "
+    "exp(s - s.max(axis=-1, keepdims=True)), which changes nothing mathematically. "
+)
 
 
 def last_line(s: Session) -> str:
@@ -178,14 +200,17 @@ def decode(
     clause: str,
     name: str = "full",
     context: str = "",
+    widen: float = 1.0,
 ) -> None:
-    """The decode protocol; if `expected` is given, step t must return expected[t] (KV-MOD-2's tolerance)."""
+    """The decode protocol; if `expected` is given, step t must return expected[t] (KV-MOD-2's
+    tolerance, times `widen`)."""
     for t, tok in enumerate(tokens):
         logits = model.forward_recorded(tokens_array([tok]), start_pos=t)
         if expected is not None:
             row = logits[0, 0] if logits.shape[:2] == (1, 1) else logits
-            if not close(row, expected[t]):
-                hint = context + step_hint(s, cache, config, t)
+            if not close(row, expected[t], widen):
+                overflow = not np.isfinite(row).all() and bool(np.isfinite(expected[t]).all())
+                hint = context + (OVERFLOW_HINT if overflow else step_hint(s, cache, config, t))
                 if row.shape == expected[t].shape:
                     hint += f" (step {t}: max |difference| {np.abs(row - expected[t]).max():.3g})"
                 s.script.lines[-1] += f"  # compare with {name}[{t}]"

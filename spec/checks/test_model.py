@@ -15,6 +15,7 @@ from spec.checks._model import (
     ATOL,
     REQUIRED_ATTRIBUTES,
     RTOL,
+    SHARP_TOLERANCE,
     DecodeCase,
     GreedyCase,
     PromptCase,
@@ -25,6 +26,7 @@ from spec.checks._model import (
     greedy_cases,
     last_line,
     prompt_cases,
+    sharp_decode_cases,
     tokens_array,
     two_sequences,
     uncached_rows,
@@ -113,6 +115,17 @@ def greedy_cached(s: Session, model: ModelRef, cache: CacheRef, prompt: list[int
             tokens.append(int(np.argmax(logits[0, -1])))
     del s.script.lines[lines:]  # the loop above is already in the script
     return tokens[n:]
+
+
+@checks("KV-MOD-7")
+@given(case=sharp_decode_cases())
+def test_cached_decoding_survives_large_attention_scores(driver: Driver, case: DecodeCase) -> None:
+    s = Session(driver)
+    model = s.new_model(case.config)
+    full = uncached_rows(s, model, case.tokens)
+    cache = model.enable()
+    decode(s, model, cache, case.config, case.tokens, full, "KV-MOD-7", widen=SHARP_TOLERANCE,
+           context="this model's attention scores reach several hundred (q_proj and k_proj weights x12); ")
 
 
 @checks("KV-MOD-3")

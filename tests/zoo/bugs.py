@@ -414,6 +414,12 @@ VARIANTS: list[Variant] = [
         edit(MEMO, "/ np.sqrt(head_dim)\n", "/ np.sqrt(embed_dim)\n"),
     ),
     bug(
+        "softmax_without_max_subtraction", "model",
+        "The cached path's softmax exponentiates raw scores: exp overflows to inf above 88 in float32, "
+        "so a model with large attention scores (as trained models have) gets nan logits.",
+        edit(MEMO, "    scores = scores - np.max(scores, axis=-1, keepdims=True)\n", ""),
+    ),
+    bug(
         "prompt_forward_fills_cache", "model",
         "The multi-token (prompt) path writes the prompt's keys and values into the cache storage "
         "(without advancing): the course design leaves the cache untouched there.",
