@@ -15,6 +15,10 @@ MESSAGE = "changes only an error message the spec leaves free (it fixes the exce
 NAME_IN_MESSAGE = "the name only appears in the error message, which the spec leaves free"
 BATCH_ONE = ("enable_kv_cache always builds a batch-1 cache, so the patched attention only ever sees B = 1, "
              "where (1, E), (B, E) and (B, 1, E) broadcast to the same residual")
+VIEWS = ("get may hand out views or copies (KV-GET-3 leaves it unspecified, and no check measures get's "
+         "allocations); copy=None wraps without copying, exactly as copy=False does")
+_KEYS = "Tensor(self._keys[layer_idx][:, :, :n, :], {})"
+_VALUES = "Tensor(self._values[layer_idx][:, :, :n, :], {})"
 WAS_OWN = ("the grader's model never has an instance-level attention.forward before enable, so the "
            "'restore an instance attribute' branch of disable is unreachable")
 
@@ -45,6 +49,9 @@ EQUIVALENT: list[tuple[str, str, str]] = [
     ("xǁKVCacheǁupdate", 'for name, array in (("key", k), ("VALUE", v)):', NAME_IN_MESSAGE),
     ("xǁKVCacheǁupdate", 'raise ValueError(None)', MESSAGE),
     ("xǁKVCacheǁadvance", 'raise ValueError(None)', MESSAGE),
+    # -- kv_cache.py: get's views or copies ---------------------------------------------------
+    *(("xǁKVCacheǁget", f"return {_KEYS.format(k)}, {_VALUES.format('copy=False')}", VIEWS) for k in ("copy=None", "", "copy=True")),
+    *(("xǁKVCacheǁget", f"return {_KEYS.format('copy=False')}, {_VALUES.format(v)}", VIEWS) for v in ("copy=None", "", "copy=True")),
     # -- kv_cache.py: inputs outside the spec's domain ----------------------------------------
     ("xǁKVCacheǁ_check_layer", 'if isinstance(layer_idx, bool) and not isinstance(layer_idx, (int, np.integer)):',
      "only a non-int layer index (1.5, '0', True) reaches the guard; the spec decides ints only (KV-BND-1/2)"),
@@ -60,7 +67,8 @@ EQUIVALENT: list[tuple[str, str, str]] = [
     ("x_enable_kv_cache", 'raise ValueError(None)', MESSAGE),
     ("x_enable_kv_cache", 'if getattr(model, "_cache_enabled", None):', "None and False are both falsy"),
     ("x_enable_kv_cache", 'if getattr(model, "_cache_enabled", True):',
-     "on a never-enabled model the extra disable_kv_cache call is a no-op (KV-NI-3)"),
+     "on a never-enabled model the extra disable_kv_cache call changes nothing but the flags, which enable "
+     "then sets (KV-NI-3, KV-NI-5)"),
     ("x_enable_kv_cache", 'block._original_attention_forward = None', WAS_OWN),
     ("x_enable_kv_cache", 'block._attention_forward_was_own = None', "None and False are both falsy"),
     ("x_enable_kv_cache", 'block._attention_forward_was_own = "XXforwardXX" in vars(attention)',
