@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from spec.driver import FloatArray
+from spec.isolation.driver import FloatArray
 
 PATTERN_SOURCE = '''def pattern(tag, shape):
     """tag + 0.001, tag + 0.002, ...: every element distinct, never 0 for tag != 0."""

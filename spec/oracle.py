@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from spec.driver import FloatArray
+from spec.isolation.driver import FloatArray
 from spec.strategies import CacheConfig
 
 

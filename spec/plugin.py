@@ -16,7 +16,7 @@ import pytest
 
 from spec import profiles
 from spec.discovery import DiscoveryError, find_target
-from spec.driver import Driver
+from spec.isolation.driver import Driver
 from spec.results import Collector
 from spec.session import set_current_driver
 
@@ -56,7 +56,7 @@ def pytest_configure(config: pytest.Config) -> None:
     except ValueError as exc:
         raise pytest.UsageError(f"kvspec: {exc}") from None
     if option(config, "isolation") == "process":
-        from spec.isolated import harden_grader_process
+        from spec.isolation.isolated import harden_grader_process
 
         harden_grader_process()  # workers (same user) cannot ptrace or read this process
     results = option(config, "results")
@@ -74,11 +74,11 @@ def make_driver(config: pytest.Config) -> Driver:
         raise pytest.UsageError(f"kvspec: {exc}") from None
     isolation = option(config, "isolation") or "none"
     if isolation == "none":
-        from spec.local import LocalDriver
+        from spec.isolation.local import LocalDriver
 
         return LocalDriver(target)
     if isolation == "process":
-        from spec.isolated import IsolatedDriver
+        from spec.isolation.isolated import IsolatedDriver
 
         return IsolatedDriver(target)
     raise pytest.UsageError(f"kvspec: --kvspec-isolation must be none or process, not {isolation!r}")

@@ -19,7 +19,7 @@ from typing import Any, Generator
 import pytest
 
 from spec.clauses import group_of
-from spec.driver import GraderFault, SubmissionCrashed, SubmissionRaised, SubmissionUnavailable
+from spec.isolation.driver import GraderFault, SubmissionCrashed, SubmissionRaised, SubmissionUnavailable
 from spec.session import SpecFailure
 
 MAX_OUTPUT = 20_000

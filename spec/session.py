@@ -17,7 +17,7 @@ import numpy as np
 
 from spec.clauses import BY_ID
 from spec.data import NOISE_SOURCE, PATTERN_SOURCE, Data
-from spec.driver import (
+from spec.isolation.driver import (
     CacheId,
     Driver,
     FloatArray,

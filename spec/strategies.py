@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from hypothesis import strategies as st
 
-from spec.driver import ModelConfig
+from spec.isolation.driver import ModelConfig
 
 
 @dataclass(frozen=True)

@@ -247,7 +247,7 @@ def test_run_autograder_writes_no_score_when_the_grader_itself_fails(tmp_path: P
     site = tmp_path / "site"  # breaks the grader's isolated worker before it imports the submission
     site.mkdir()
     (site / "sitecustomize.py").write_text(
-        "import os, sys\nif sys.orig_argv[1:3] == ['-m', 'spec.worker']:\n    os._exit(1)\n"
+        "import os, sys\nif sys.orig_argv[1:3] == ['-m', 'spec.isolation.worker']:\n    os._exit(1)\n"
     )
     upload = tmp_path / "upload"
     upload.mkdir()

@@ -161,7 +161,7 @@ def test_import_failure_is_a_graded_zero_with_the_traceback(tmp_path: Path) -> N
 # isolated worker, before it can import the submission: a broken grading environment.
 BREAKS_THE_WORKER = """\
 import os, sys
-if sys.orig_argv[1:3] == ["-m", "spec.worker"]:
+if sys.orig_argv[1:3] == ["-m", "spec.isolation.worker"]:
     sys.stderr.write("simulated: the grading worker cannot start\\n")
     os._exit(1)
 """

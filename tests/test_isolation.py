@@ -1,4 +1,4 @@
-"""The isolated driver against hostile submissions (spec/isolated.py, spec/worker.py, spec/protocol.py).
+"""The isolated driver against hostile submissions (spec/isolation/isolated.py, spec/isolation/worker.py, spec/isolation/protocol.py).
 
 Each hostile submission is a loose `memoization.py` written to tmp_path that re-exports the
 reference and misbehaves in one way. What each case produces is what docs/threat-model.md
@@ -21,9 +21,9 @@ from typing import Iterator
 import numpy as np
 import pytest
 
-from spec import protocol
+from spec.isolation import protocol
 from spec.discovery import Target, find_target
-from spec.driver import (
+from spec.isolation.driver import (
     GraderFault,
     Measurement,
     ModelConfig,
@@ -33,7 +33,7 @@ from spec.driver import (
     SubmissionRaised,
     SubmissionUnavailable,
 )
-from spec.isolated import IsolatedDriver, WorkerError
+from spec.isolation.isolated import IsolatedDriver, WorkerError
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="process isolation tests use /proc")
 
@@ -264,30 +264,30 @@ def test_os_exit_at_import_is_a_crash_during_import(tmp_path: Path, drivers: lis
 
 # -- grader faults: the worker breaks before the submission's import begins ------------------
 
-# A sitecustomize on PYTHONPATH (which the worker inherits) breaks only `python -m spec.worker`,
+# A sitecustomize on PYTHONPATH (which the worker inherits) breaks only `python -m spec.isolation.worker`,
 # as a broken grading environment would: no test hook in the grader itself.
 BROKEN_WORKERS = {
     # name: (what the sitecustomize does in the worker, what the fault must say)
     "the worker's own import fails": ("""
         class _Refuse:
             def find_spec(self, name, path=None, target=None):
-                if name == "spec.local":
-                    raise ImportError("simulated: the worker cannot import spec.local")
+                if name == "spec.isolation.local":
+                    raise ImportError("simulated: the worker cannot import spec.isolation.local")
         sys.meta_path.insert(0, _Refuse())
-        """, ("exit code 1 during starting the worker", "ImportError: simulated: the worker cannot import spec.local")),
+        """, ("exit code 1 during starting the worker", "ImportError: simulated: the worker cannot import spec.isolation.local")),
     "garbage before the handshake": (
         'os.write(int(sys.orig_argv[4]), b"\\x00\\x00\\x00\\x05hello")  # the response pipe\n',
         ("protocol", "during starting the worker"),
     ),
     "an error reported before the import": ("""
-        import spec.local
+        import spec.isolation.local
         def _broken(self, target):
             raise RuntimeError("simulated bug in LocalDriver")
-        spec.local.LocalDriver.__init__ = _broken
+        spec.isolation.local.LocalDriver.__init__ = _broken
         """, ("it reported an error during starting the worker: RuntimeError: simulated bug in LocalDriver",)),
     "death between the handshake and the import": ("""
-        import spec.local
-        spec.local.LocalDriver._ensure_loaded = lambda self: os._exit(5)
+        import spec.isolation.local
+        spec.isolation.local.LocalDriver._ensure_loaded = lambda self: os._exit(5)
         """, ("exit code 5 during importing the submission",)),
 }
 
@@ -295,7 +295,7 @@ BROKEN_WORKERS = {
 def broken_worker_path(directory: Path, name: str) -> str:
     directory.mkdir(parents=True, exist_ok=True)
     code = textwrap.indent(textwrap.dedent(BROKEN_WORKERS[name][0]), "    ")
-    (directory / "sitecustomize.py").write_text(f"import os, sys\nif sys.orig_argv[1:3] == ['-m', 'spec.worker']:\n{code}")
+    (directory / "sitecustomize.py").write_text(f"import os, sys\nif sys.orig_argv[1:3] == ['-m', 'spec.isolation.worker']:\n{code}")
     return str(directory)
 
 
@@ -573,7 +573,7 @@ FORGERIES = {
 @pytest.mark.parametrize("forgery", sorted(FORGERIES))
 def test_forged_responses_are_protocol_errors_or_mere_observations(tmp_path: Path, drivers: list[IsolatedDriver], forgery: str) -> None:
     body = f"""
-    from spec import protocol
+    from spec.isolation import protocol
     def current_seq():
         frame = sys._getframe()
         while frame is not None:

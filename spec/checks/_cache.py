@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from spec.data import Pattern
-from spec.driver import FloatArray
+from spec.isolation.driver import FloatArray
 from spec.session import CacheRef
 from spec.strategies import CacheConfig
 

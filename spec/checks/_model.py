@@ -16,7 +16,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 from hypothesis import strategies as st
 
-from spec.driver import FloatArray, IntArray, ModelConfig, SubmissionCrashed, SubmissionRaised
+from spec.isolation.driver import FloatArray, IntArray, ModelConfig, SubmissionCrashed, SubmissionRaised
 from spec.session import CacheRef, ModelRef, Session
 from spec.strategies import model_configs
 

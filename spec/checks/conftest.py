@@ -6,7 +6,7 @@ from typing import Iterator
 
 import pytest
 
-from spec.driver import Driver
+from spec.isolation.driver import Driver
 
 
 @pytest.fixture(autouse=True)

@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 
 from spec.clauses import checks
 from spec.data import Noise
-from spec.driver import Driver, FloatArray
+from spec.isolation.driver import Driver, FloatArray
 from spec.oracle import attend_one, causal_attention
 from spec.session import Session
 from spec.strategies import CacheConfig, cache_configs

@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 from spec.checks._cache import Snapshot, has_room, write_history
 from spec.clauses import checks
 from spec.data import Pattern
-from spec.driver import Driver, SubmissionRaised
+from spec.isolation.driver import Driver, SubmissionRaised
 from spec.session import CacheRef, Session, SpecFailure
 from spec.strategies import CacheConfig, cache_configs
 

@@ -39,7 +39,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 from spec.checks._cache import Snapshot, has_room, write_history
 from spec.clauses import checks
 from spec.data import Pattern
-from spec.driver import Driver, FloatArray, SubmissionRaised
+from spec.isolation.driver import Driver, FloatArray, SubmissionRaised
 from spec.oracle import CacheModel
 from spec.session import CacheRef, Session, current_driver
 from spec.strategies import CacheConfig, cache_configs

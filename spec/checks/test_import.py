@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from spec.clauses import checks
-from spec.driver import Driver, SubmissionUnavailable
+from spec.isolation.driver import Driver, SubmissionUnavailable
 from spec.session import SpecFailure
 
 REQUIRED = ("KVCache", "enable_kv_cache", "disable_kv_cache")

@@ -12,7 +12,7 @@ from hypothesis import given
 
 from spec.checks._model import DecodeCase, decode_cases, tokens_array
 from spec.clauses import checks
-from spec.driver import Driver, ModelState
+from spec.isolation.driver import Driver, ModelState
 from spec.session import Session
 
 

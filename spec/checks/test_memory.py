@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from spec.checks._cache import write_history
 from spec.clauses import checks
-from spec.driver import Driver
+from spec.isolation.driver import Driver
 from spec.session import CacheRef, Session
 from spec.strategies import CacheConfig, cache_configs
 

@@ -32,7 +32,7 @@ from spec.checks._model import (
     uncached_rows,
 )
 from spec.clauses import checks
-from spec.driver import Driver, FloatArray, ModelConfig
+from spec.isolation.driver import Driver, FloatArray, ModelConfig
 from spec.session import CacheRef, ModelRef, Session
 from spec.strategies import model_configs
 

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from spec.checks._model import decode, token_lists, tokens_array, uncached_rows, well_conditioned
 from spec.clauses import checks
-from spec.driver import Driver, FloatArray, ModelConfig, SubmissionRaised
+from spec.isolation.driver import Driver, FloatArray, ModelConfig, SubmissionRaised
 from spec.session import ModelRef, Session
 from spec.strategies import model_configs
 

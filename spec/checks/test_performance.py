@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from spec.clauses import checks
 from spec.data import Pattern
-from spec.driver import Driver
+from spec.isolation.driver import Driver
 from spec.session import Session
 from spec.strategies import CacheConfig
 

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from spec.checks._cache import Snapshot, has_room, write_history
 from spec.clauses import checks
 from spec.data import Pattern
-from spec.driver import Driver
+from spec.isolation.driver import Driver
 from spec.session import Session, SpecFailure
 from spec.strategies import CacheConfig, cache_configs
 

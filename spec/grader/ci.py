@@ -7,7 +7,7 @@ the terminal summary, and the exit status follows the score: 0 at or above POINT
 below it. A failure of a test that is not a kvspec check (a course's own tests in the
 same run), a collection error or an internal error keeps pytest's own exit status. A check
 that failed because of a grader fault (the isolated worker broke before the submission's
-import began, spec.isolated) makes the exit status 3, pytest's internal error: not a score.
+import began, spec.isolation.isolated) makes the exit status 3, pytest's internal error: not a score.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """IsolatedDriver: the submission runs in a worker process that the grader can kill.
 
-Every Driver method becomes a request to a worker (`python -m spec.worker`) that runs a
-`spec.local.LocalDriver` on the same Target and answers with plain data (spec.protocol:
+Every Driver method becomes a request to a worker (`python -m spec.isolation.worker`) that runs a
+`spec.isolation.local.LocalDriver` on the same Target and answers with plain data (spec.isolation.protocol:
 length-prefixed JSON on two dedicated pipes, never pickle). This process never imports
 the submission's code; what comes back is rebuilt here from bytes (float64/int64
 ndarrays we allocate, dataclasses with checked field types), so a returned object can
@@ -22,7 +22,7 @@ respawn within a driver. `captured_output()` returns what the worker wrote to it
 and stderr: the first and last 32 KiB, with the number of bytes left out between.
 
 Whose fault a failure is depends on the phase the worker reported. Until it says that the
-submission's import begins (the phase message, spec.protocol), no submission code has
+submission's import begins (the phase message, spec.isolation.protocol), no submission code has
 run: a worker that cannot be started, dies, hangs, breaks the protocol or reports an
 error before then is the grader's own failure, and raises GraderFault instead of
 SubmissionCrashed (the grader then exits 2 rather than score the submission). From the
@@ -51,9 +51,9 @@ from typing import Any, Callable, NoReturn, TypeVar
 
 import numpy as np
 
-from spec import protocol
+from spec.isolation import protocol
 from spec.discovery import Target
-from spec.driver import (
+from spec.isolation.driver import (
     CacheId,
     Driver,
     FloatArray,
@@ -68,7 +68,7 @@ from spec.driver import (
     SubmissionRaised,
     SubmissionUnavailable,
 )
-from spec.local import CACHE_ATTRIBUTES
+from spec.isolation.local import CACHE_ATTRIBUTES
 
 T = TypeVar("T")
 
@@ -185,7 +185,7 @@ class _Worker:
         self.out_fd, out_w = self._pipe()
         try:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "spec.worker", str(req_r), str(resp_w), str(int(memory_mb)), str(os.getpid())],
+                [sys.executable, "-m", "spec.isolation.worker", str(req_r), str(resp_w), str(int(memory_mb)), str(os.getpid())],
                 stdin=subprocess.DEVNULL,
                 stdout=out_w,
                 stderr=out_w,

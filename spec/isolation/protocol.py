@@ -35,7 +35,7 @@ from typing import Any, Callable
 import numpy as np
 
 from spec.discovery import Target
-from spec.driver import Measurement, ModelConfig, ModelState, SubmissionInfo
+from spec.isolation.driver import Measurement, ModelConfig, ModelState, SubmissionInfo
 
 MAX_MESSAGE = 64 * 1024 * 1024  # bytes of JSON in one message
 HEADER = struct.Struct(">I")

@@ -8,9 +8,9 @@ exception; when the submission's process dies or hangs (out-of-process drivers),
 raises `SubmissionCrashed`, unless that happened before the submission's import began:
 then it is the grader's fault (`GraderFault`). Properties never hold a submission object.
 
-Two implementations sit behind this interface: `spec.local.LocalDriver` runs the
+Two implementations sit behind this interface: `spec.isolation.local.LocalDriver` runs the
 submission in this process (trusted code, course CI, the reference), and
-`spec.isolated.IsolatedDriver` runs it in a worker process that it can kill.
+`spec.isolation.isolated.IsolatedDriver` runs it in a worker process that it can kill.
 """
 
 from __future__ import annotations
@@ -99,7 +99,7 @@ class SubmissionCrashed(BaseException):
 class GraderFault(BaseException):
     """The grader's own machinery failed before any submission code could run: the worker
     did not start, or died or broke the protocol before it began importing the submission
-    (spec.isolated). Not the submission's fault, so no check may count it against the
+    (spec.isolation.isolated). Not the submission's fault, so no check may count it against the
     submission: the check fails with this, its verdict says so, and the grader stops with
     exit code 2 instead of writing a score. A BaseException for the reason given at
     SubmissionCrashed."""

@@ -1,10 +1,10 @@
 """The isolated worker: runs a LocalDriver on a submission, one request at a time.
 
-Started by `spec.isolated.IsolatedDriver` as
+Started by `spec.isolation.isolated.IsolatedDriver` as
 
-    python -m spec.worker REQUEST_FD RESPONSE_FD MEMORY_MB PARENT_PID
+    python -m spec.isolation.worker REQUEST_FD RESPONSE_FD MEMORY_MB PARENT_PID
 
-with the protocol on the two pipe descriptors named (see spec.protocol), stdin on
+with the protocol on the two pipe descriptors named (see spec.isolation.protocol), stdin on
 /dev/null, and stdout/stderr (descriptors 1 and 2) already on the capture pipe the
 grader drains, so everything the submission prints, and Python's own errors, is captured
 and nothing it prints can reach the protocol. The cwd is a fresh, empty temporary
@@ -17,7 +17,7 @@ and enables faulthandler (a segfault prints the Python stack into the captured o
 It answers with observations only: what a driver call returned (plain data) or raised
 (a description). It never decides, or reports, whether a check passed. The one message
 that is not an answer is the phase message, sent just before the submission's import
-begins (see spec.protocol): the grader blames itself for any failure before it.
+begins (see spec.isolation.protocol): the grader blames itself for any failure before it.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ import os
 import sys
 from typing import Any, Callable
 
-from spec import protocol
+from spec.isolation import protocol
 
 OPS = (
     "describe",
@@ -87,7 +87,7 @@ def _flush_output() -> None:
 
 def _describe_error(exc: BaseException) -> dict[str, Any]:
     """The err field of a response; must never raise, whatever the exception's __str__ does."""
-    from spec.driver import SubmissionRaised, SubmissionUnavailable
+    from spec.isolation.driver import SubmissionRaised, SubmissionUnavailable
 
     try:
         if isinstance(exc, SubmissionRaised):
@@ -100,7 +100,7 @@ def _describe_error(exc: BaseException) -> dict[str, Any]:
             }
         if isinstance(exc, SubmissionUnavailable):
             return {"kind": "unavailable", "detail": str(exc.detail), "traceback": str(exc.traceback)}
-        from spec.local import describe_exception
+        from spec.isolation.local import describe_exception
 
         d = describe_exception(exc)
         return {"kind": "internal", "type_name": d.type_name, "message": d.message, "traceback": d.traceback}
@@ -110,7 +110,7 @@ def _describe_error(exc: BaseException) -> dict[str, Any]:
 
 def _too_large(op: str, detail: str) -> dict[str, Any]:
     # The submission returned more data than a message may hold: a contract violation, so
-    # it satisfies no property that expects an exception (see spec.local.contract_error).
+    # it satisfies no property that expects an exception (see spec.isolation.local.contract_error).
     return {
         "kind": "raised",
         "type_name": "ContractViolation",
@@ -123,7 +123,7 @@ def _too_large(op: str, detail: str) -> dict[str, Any]:
 def serve(request_fd: int, response_fd: int) -> None:
     """Answer requests until the grader closes the request pipe."""
     from spec.discovery import Target
-    from spec.local import LocalDriver
+    from spec.isolation.local import LocalDriver
 
     driver: LocalDriver | None = None
     requests = protocol.Reader(request_fd)
@@ -181,7 +181,7 @@ def main(argv: list[str] | None = None) -> None:
     import numpy  # noqa: F401
 
     import reference.tensor  # noqa: F401
-    import spec.local  # noqa: F401
+    import spec.isolation.local  # noqa: F401
 
     serve(request_fd, response_fd)
     _flush_output()

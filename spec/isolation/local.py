@@ -19,7 +19,7 @@ import numpy as np
 
 from reference.gpt import GPT, Linear
 from spec.discovery import REFERENCE_TENSOR, Target
-from spec.driver import (
+from spec.isolation.driver import (
     CacheId,
     Driver,
     FloatArray,
@@ -119,7 +119,7 @@ class LocalDriver(Driver):
         self._next = 0
         # Called once, just before the submission's directory goes on sys.path and its
         # module is imported: the isolated worker reports there that submission code may
-        # run from now on (everything before is the grader's own, see spec.isolated).
+        # run from now on (everything before is the grader's own, see spec.isolation.isolated).
         self.before_import: Callable[[], None] | None = None
 
     # -- loading -----------------------------------------------------------------------
