@@ -73,7 +73,11 @@ class LayerNorm:
 class MultiHeadAttention:
     """Causal multi-head self-attention; `forward(x, mask)` is the method students patch.
 
-    mask: (T, T), 1.0 where query i may attend to key j, 0.0 where it may not.
+    mask: (T, T), 1.0 where query i may attend to key j, 0.0 where it may not (binary).
+    The surface of the course's Module 12 that student code may touch: `embed_dim`,
+    `num_heads`, `head_dim`, `q_proj` / `k_proj` / `v_proj` / `out_proj` (Linear, with
+    `.forward`), `_split_heads`, `_merge_heads`, `forward(x, mask=None)`, `__call__` and
+    `parameters()`.
     """
 
     def __init__(self, embed_dim: int, num_heads: int, rng: np.random.Generator, tensor: TensorFactory) -> None:
@@ -94,6 +98,19 @@ class MultiHeadAttention:
         out: Array = x.reshape(b, t, self.num_heads, self.head_dim).transpose(0, 2, 1, 3)
         return out
 
+    # Module 12's helpers, which the 2026 course's cached step calls on the attention it wraps.
+    def _split_heads(self, x: Any, batch: int, seq: int) -> Any:
+        """(B, seq, E) -> (B, H, seq, D), as the model's Tensor class."""
+        return self.tensor(_data(x).reshape(batch, seq, self.num_heads, self.head_dim).transpose(0, 2, 1, 3))
+
+    def _merge_heads(self, x: Any, batch: int, seq: int) -> Any:
+        """(B, H, seq, D) -> (B, seq, E), as the model's Tensor class."""
+        return self.tensor(_data(x).transpose(0, 2, 1, 3).reshape(batch, seq, self.embed_dim))
+
+    def parameters(self) -> list[Array]:
+        """Every weight and bias of the four projections (q, k, v, out), in that order."""
+        return [p for lin in (self.q_proj, self.k_proj, self.v_proj, self.out_proj) for p in (lin.weight, lin.bias)]
+
     def forward(self, x: Any, mask: Any = None) -> Any:
         b, t, _ = _data(x).shape
         q = self._heads(_data(self.q_proj.forward(x)))
@@ -104,6 +121,9 @@ class MultiHeadAttention:
             scores = np.where(_data(mask) > 0, scores, np.float32(-np.inf))
         out = softmax(scores) @ v
         return self.out_proj.forward(self.tensor(out.transpose(0, 2, 1, 3).reshape(b, t, self.embed_dim)))
+
+    def __call__(self, x: Any, mask: Any = None) -> Any:
+        return self.forward(x, mask)  # looks `forward` up on the instance, so a patched forward is the one called
 
 
 class MLP:
@@ -175,6 +195,21 @@ class GPT:
         return self.tensor(self.lm_head.project(self.ln_f(x)))
 
     __call__ = forward
+
+    def keys_and_values(self, tokens: Any, start_pos: int = 0) -> list[tuple[Array, Array]]:
+        """Per layer, the keys and values (B, H, T, D) that the uncached forward of `tokens`
+        projects: what a working cache holds after decoding them one at a time. The grader
+        calls it on its own copy of a model (same seed), never on a submission's."""
+        ids = np.asarray(getattr(tokens, "data", tokens)).astype(np.int64)
+        t = ids.shape[1]
+        x = self.token_embedding[ids] + self.position_embedding[start_pos : start_pos + t]
+        mask = self.tensor(np.tri(t, dtype=np.float32))
+        out: list[tuple[Array, Array]] = []
+        for block in self.blocks:
+            h, a = block.ln1(x), block.attention
+            out.append((a._heads(h @ a.k_proj.weight + a.k_proj.bias), a._heads(h @ a.v_proj.weight + a.v_proj.bias)))
+            x = block.forward(x, mask)
+        return out
 
 
 def generate_greedy(model: GPT, prompt: list[int], max_new_tokens: int, use_cache: bool) -> list[int]:

@@ -208,6 +208,14 @@ class CacheRef:
     s: Session
     handle: CacheId
     name: str
+    _scoped: bool | None = None
+
+    @property
+    def scoped(self) -> bool:
+        """The cache offers `generation()` (the 2026 course): decode steps run inside it."""
+        if self._scoped is None:
+            self._scoped = self.s.call(lambda: self.s.driver.has_generation(self.handle))
+        return self._scoped
 
     def update(self, layer_idx: int, key: Data, value: Data) -> None:
         self.s.record(f"{self.name}.update({layer_idx!r}, {key.code()}, {value.code()})")
@@ -262,6 +270,33 @@ class ModelRef:
         assert self.s._last_query is not None
         self.s.record(self.s._last_query)
         return logits
+
+    def step(self, cache: CacheRef, tokens: IntArray, start_pos: int) -> FloatArray:
+        """One decode step of the protocol, recorded: a forward inside `with cache.generation():`
+        when the cache offers that scope, a plain forward otherwise."""
+        if not cache.scoped:
+            return self.forward_recorded(tokens, start_pos)
+        self.s.record(f"with {cache.name}.generation():\n    logits = {self.name}.forward("
+                      f"Tensor(np.array({np.asarray(tokens).tolist()})), start_pos={start_pos})")
+        return self.s.call(lambda: self.s.driver.forward_in_generation(self.handle, cache.handle, tokens, start_pos))
+
+    def forward_in_scope(self, cache: CacheRef, tokens: IntArray, start_pos: int = 0, recorded: bool = False) -> FloatArray:
+        """A forward inside the cache's generation scope if it has one; kept in the script if
+        `recorded`, else only if it is the failing call."""
+        if not cache.scoped:
+            return self.forward_recorded(tokens, start_pos) if recorded else self.forward(tokens, start_pos)
+        line = (f"with {cache.name}.generation():\n    logits = {self.name}.forward("
+                f"Tensor(np.array({np.asarray(tokens).tolist()})), start_pos={start_pos})")
+        self.s.query(line)
+        logits = self.s.call(lambda: self.s.driver.forward_in_generation(self.handle, cache.handle, tokens, start_pos))
+        if recorded:
+            self.s.record(line)
+        return logits
+
+    def generate(self, cache: CacheRef, prompt: object, max_new_tokens: object, temperature: object) -> list[int]:
+        """`_cached_generate(model, prompt, max_new_tokens, temperature, cache)`."""
+        self.s.query(f"new_tokens = _cached_generate({self.name}, {prompt!r}, {max_new_tokens!r}, {temperature!r}, {cache.name})")
+        return self.s.call(lambda: self.s.driver.cached_generate(self.handle, cache.handle, prompt, max_new_tokens, temperature))
 
     def enable(self) -> CacheRef:
         handle = self.s.call(lambda: self.s.driver.enable(self.handle))

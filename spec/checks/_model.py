@@ -6,7 +6,8 @@ The model is the reference GPT built around the submission's own Tensor class; i
 positions (`forward(tokens, start_pos)`), so the submission owns only attention. The
 decode protocol (contract sheet): `cache = enable_kv_cache(model)`, then for each token t
 `model.forward([[tok]], start_pos=t)` and `cache.advance()`; step t must give row t of
-the uncached forward of all the tokens.
+the uncached forward of all the tokens. When the cache offers `generation()` (the 2026
+course), every decode step runs inside `with cache.generation():` (ModelRef.step).
 """
 
 from __future__ import annotations
@@ -205,7 +206,7 @@ def decode(
     """The decode protocol; if `expected` is given, step t must return expected[t] (KV-MOD-2's
     tolerance, times `widen`)."""
     for t, tok in enumerate(tokens):
-        logits = model.forward_recorded(tokens_array([tok]), start_pos=t)
+        logits = model.step(cache, tokens_array([tok]), start_pos=t)
         if expected is not None:
             row = logits[0, 0] if logits.shape[:2] == (1, 1) else logits
             if not close(row, expected[t], widen):

@@ -30,7 +30,7 @@ def decode_counting(s: Session, case: DecodeCase) -> tuple[str, list[ModelState]
     cache = model.enable()
     states = [model.state()]
     for t, tok in enumerate(case.tokens):
-        model.forward_recorded(tokens_array([tok]), start_pos=t)
+        model.step(cache, tokens_array([tok]), start_pos=t)
         cache.advance()
         states.append(model.state())
     return model.name, states

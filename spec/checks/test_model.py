@@ -99,9 +99,12 @@ def greedy_uncached(s: Session, model: ModelRef, prompt: list[int], new_tokens: 
 def greedy_cached(s: Session, model: ModelRef, cache: CacheRef, prompt: list[int], new_tokens: int) -> list[int]:
     n = len(prompt)
     s.record(f"tokens = {prompt!r}")
+    forward = f"{model.name}.forward(Tensor(np.array([[tokens[pos]]])), start_pos=pos)"
+    step = (f"    with {cache.name}.generation():\n        logits = {forward}\n" if cache.scoped
+            else f"    logits = {forward}\n")
     s.record(
         f"for pos in range({n + new_tokens - 1}):  # greedy, cached: one token per step\n"
-        f"    logits = {model.name}.forward(Tensor(np.array([[tokens[pos]]])), start_pos=pos)\n"
+        + step +
         f"    {cache.name}.advance()\n"
         f"    if pos >= {n - 1}:\n"
         "        tokens.append(int(np.argmax(logits.data[0, -1])))\n"
@@ -109,7 +112,7 @@ def greedy_cached(s: Session, model: ModelRef, cache: CacheRef, prompt: list[int
     )
     tokens, lines = list(prompt), len(s.script.lines)
     for pos in range(n + new_tokens - 1):
-        logits = model.forward(tokens_array([tokens[pos]]), start_pos=pos)
+        logits = model.forward_in_scope(cache, tokens_array([tokens[pos]]), start_pos=pos)
         cache.advance()
         if pos >= n - 1:
             tokens.append(int(np.argmax(logits[0, -1])))
@@ -160,10 +163,11 @@ def test_multi_token_forward_with_cache_enabled_is_original_and_leaves_cache(dri
     decode(s, model, cache, case.config, case.decoded, None, "KV-MOD-4")
     seq_pos = cache.seq_pos
     before = [cache.get(layer) for layer in range(case.config.num_layers)]
-    got = model.forward_recorded(tokens_array(case.probe), start_pos=case.start_pos)
+    got = model.forward_in_scope(cache, tokens_array(case.probe), start_pos=case.start_pos, recorded=True)
     if not close(got, expected):
         raise s.fail("KV-MOD-4", expected, got, call=last_line(s),
-                     hint="a forward of several tokens must take the original attention path")
+                     hint="a forward of several tokens must take the original attention path"
+                          + (", inside the generation scope too" if cache.scoped else ""))
     after_pos = cache.seq_pos
     if after_pos != seq_pos:
         raise s.fail("KV-MOD-4", seq_pos, after_pos,

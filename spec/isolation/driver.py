@@ -35,7 +35,7 @@ class SubmissionInfo:
 
     module: str
     tensor: str  # "module.path:Name"
-    names: tuple[str, ...]  # which of KVCache, enable_kv_cache, disable_kv_cache, Tensor exist
+    names: tuple[str, ...]  # which of KVCache, enable_kv_cache, disable_kv_cache, Tensor, _cached_generate exist
 
 
 @dataclass(frozen=True)
@@ -199,6 +199,21 @@ class Driver(ABC):
     @abstractmethod
     def model_state(self, model: ModelId) -> ModelState:
         """Observe the grader's own model: flags, weights digest, projection row counts."""
+
+    # -- what some course releases add -------------------------------------------------
+    @abstractmethod
+    def has_generation(self, cache: CacheId) -> bool:
+        """Whether the cache offers a `generation()` scope (the 2026 course's context manager)."""
+
+    @abstractmethod
+    def forward_in_generation(self, model: ModelId, cache: CacheId, tokens: IntArray, start_pos: int = 0) -> FloatArray:
+        """`with cache.generation(): logits = model.forward(Tensor(tokens), start_pos)`."""
+
+    @abstractmethod
+    def cached_generate(self, model: ModelId, cache: CacheId, prompt: object, max_new_tokens: object,
+                        temperature: object) -> list[int]:
+        """The module's `_cached_generate(model, prompt, max_new_tokens, temperature, cache)`;
+        arguments are plain values (bad ones included); the tokens it returns, as ints."""
 
     def close(self) -> None:
         """Release the submission's side (a worker process, loaded objects)."""

@@ -597,6 +597,17 @@ class IsolatedDriver(Driver):
     def model_state(self, model: ModelId) -> ModelState:
         return self._request("model_state", (model,), protocol.expect_model_state)
 
+    def has_generation(self, cache: CacheId) -> bool:
+        return self._request("has_generation", (cache,), protocol.expect_bool)
+
+    def forward_in_generation(self, model: ModelId, cache: CacheId, tokens: IntArray, start_pos: int = 0) -> FloatArray:
+        ids = np.asarray(tokens, dtype=np.int64)
+        return self._request("forward_in_generation", (model, cache, ids, start_pos), protocol.expect_float_array)
+
+    def cached_generate(self, model: ModelId, cache: CacheId, prompt: object, max_new_tokens: object,
+                        temperature: object) -> list[int]:
+        return self._request("cached_generate", (model, cache, prompt, max_new_tokens, temperature), protocol.expect_int_list)
+
     def close(self) -> None:
         """Kill the worker (and its process group), reap it, delete its directory."""
         if not self._closed:

@@ -37,6 +37,7 @@ T = TypeVar("T")
 MAX_MESSAGE = 2000
 CACHE_ATTRIBUTES = ("seq_pos", "batch_size", "max_seq_len", "num_layers", "num_heads", "head_dim")
 MEMORY_KEYS = ("total_mb", "per_layer_mb", "cache_tensors", "total_elements")
+MODULE_NAMES = ("KVCache", "enable_kv_cache", "disable_kv_cache", "Tensor", "_cached_generate")
 
 
 def describe_exception(exc: BaseException) -> SubmissionRaised:
@@ -125,7 +126,7 @@ class LocalDriver(Driver):
     # -- loading -----------------------------------------------------------------------
     def describe(self) -> SubmissionInfo:
         self._ensure_loaded()
-        names = tuple(n for n in ("KVCache", "enable_kv_cache", "disable_kv_cache", "Tensor") if hasattr(self._module, n))
+        names = tuple(n for n in MODULE_NAMES if hasattr(self._module, n))
         return SubmissionInfo(self.target.module, self._tensor_name, names)
 
     def _ensure_loaded(self) -> None:
@@ -312,6 +313,34 @@ class LocalDriver(Driver):
             value_rows=tuple(lin.rows_seen for lin in p.values),
             query_rows=tuple(lin.rows_seen for lin in p.queries),
         )
+
+    # -- what some course releases add -------------------------------------------------
+    def has_generation(self, cache: CacheId) -> bool:
+        c = self._caches[cache]
+        return bool(self._call(lambda: callable(getattr(c, "generation", None))))
+
+    def forward_in_generation(self, model: ModelId, cache: CacheId, tokens: IntArray, start_pos: int = 0) -> FloatArray:
+        m, _ = self._models[model]
+        c = self._caches[cache]
+        t = self._wrap(np.asarray(tokens, dtype=np.float64))
+
+        def step() -> Any:
+            with c.generation():
+                return m.forward(t, start_pos=start_pos)
+
+        return plain_array(self._call(step), "logits")
+
+    def cached_generate(self, model: ModelId, cache: CacheId, prompt: object, max_new_tokens: object,
+                        temperature: object) -> list[int]:
+        m, _ = self._models[model]
+        c = self._caches[cache]
+        generate = self._name("_cached_generate")
+        result = self._call(lambda: generate(m, prompt, max_new_tokens, temperature, c))
+        try:
+            tokens = [int(t) for t in result]
+        except Exception as exc:
+            raise contract_error(f"_cached_generate returned {type(result).__name__}, expected a list of token ids ({exc})") from None
+        return tokens
 
     def close(self) -> None:
         self._caches.clear()

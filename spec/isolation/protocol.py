@@ -290,6 +290,18 @@ def expect_str(value: Any, what: str) -> str:
     return value
 
 
+def expect_bool(value: Any) -> bool:
+    if type(value) is not bool:
+        raise ProtocolError(f"expected a bool, got {type(value).__name__}")
+    return value
+
+
+def expect_int_list(value: Any) -> list[int]:
+    if type(value) is not list or not all(type(v) is int for v in value):
+        raise ProtocolError("expected a list of ints")
+    return list(value)
+
+
 def expect_none(value: Any) -> None:
     if value is not None:
         raise ProtocolError(f"expected no result, got {type(value).__name__}")

@@ -45,6 +45,9 @@ OPS = (
     "enable",
     "disable",
     "model_state",
+    "has_generation",
+    "forward_in_generation",
+    "cached_generate",
 )
 
 

@@ -3,6 +3,7 @@ a grader bug, not a student's)."""
 
 from __future__ import annotations
 
+from tests.zoo import course2026
 from tests.zoo.bugs import GET_SLICES, PATCH_LOOP, RESET_BODY, RESTORE, WRITES
 from tests.zoo.variants import MEMO, TENSOR, Variant, edit
 
@@ -187,6 +188,14 @@ class KVCacheError(ValueError):
         ),
         moves=((MEMO, "tinytorch/generation/kv_cache.py"),),
         deletes=("tinytorch/perf",),
+    ),
+    alternative(
+        "course_2026_module18",
+        "The 2026 course's module 18, written by us in its style: the cache is used only inside "
+        "`with cache.generation():`, enable_kv_cache wraps each attention in a CachedAttention stand-in "
+        "that calls the attention's _split_heads / _merge_heads, _cached_generate decodes a prompt, bools "
+        "are refused as dimensions, get returns copies, enable and disable print.",
+        adds=((MEMO, course2026.module("from tinytorch.core.tensor import Tensor")),),
     ),
     alternative(
         "loose_files",
