@@ -72,6 +72,14 @@ CLAUSES: tuple[Clause, ...] = (
         "Class-level buffers (a mutable default or a class attribute) make a second model's decoding read "
         "the first one's keys.",
     ),
+    Clause(
+        "KV-CON-5", "MUST", "construction",
+        "A `bool` dimension (`KVCache(True, ...)`, `False` anywhere) raises `TypeError` or `ValueError` at "
+        "construction: a bool is not taken for 1 or 0.",
+        "Python counts `True` as the int 1, so an `isinstance(x, int)` check lets it through and a flag passed "
+        "in the wrong position silently builds a one-element dimension. The 2026 course's own solution refuses "
+        "bools; which of the two exceptions is, as in KV-CON-3, the implementation's choice.",
+    ),
     # -- update ------------------------------------------------------------------------
     Clause(
         "KV-UPD-1", "MUST", "update",
@@ -271,6 +279,17 @@ CLAUSES: tuple[Clause, ...] = (
         "(which gives nan; KV-MOD-2 judges everything else at its own tolerance): with scores 144 times "
         "larger, float32 rounding near tied top scores reached 2.5 times KV-MOD-2's tolerance on the "
         "reference over 20,000 random models.",
+    ),
+    Clause(
+        "KV-MOD-8", "MUST", "model",
+        "When the cache offers a `generation()` scope, the decode protocol runs every step inside "
+        "`with cache.generation():`, and a forward outside the scope, of one token too, returns the original "
+        "model's logits (within KV-MOD-2's tolerance) and leaves the cache untouched: its `seq_pos` and what `get` "
+        "returns. A cache without `generation()` is decoded without a scope and this clause does not apply.",
+        "The scope is how the 2026 course tells decoding from an ordinary forward: a one-token forward for "
+        "training or evaluation, with the cache enabled, must neither consume the cached history of another "
+        "sequence nor write into it. Releases without the scope (2025, the course site's module 17) cache every "
+        "single-token forward, and the protocol then needs no scope.",
     ),
     # -- non-invasive ------------------------------------------------------------------
     Clause(

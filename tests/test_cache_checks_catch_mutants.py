@@ -57,6 +57,7 @@ ATTRS, NONPOS, NONINT, SHARED = (
     "test_attributes_read_back_as_given", "test_non_positive_dimension_raises_value_error",
     "test_non_integer_dimension_raises", "test_two_caches_never_share_storage",
 )
+BOOL = "test_bool_dimension_raises"
 UPDATE, GET, ADVANCE, RESET = (
     "test_update_writes_in_place_and_keeps_seq_pos", "test_get_returns_the_written_prefix",
     "test_advance_moves_by_one_and_keeps_data", "test_reset_starts_a_clean_sequence",
@@ -122,8 +123,14 @@ MUTANTS = (
     Mutant(
         "2.5 accepted (no type check)",
         "    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):\n",
-        "    if isinstance(value, str) or value is None:\n",
+        "    if isinstance(value, (bool, str)) or value is None:\n",
         (NONINT,), ("construction",), only=True,
+    ),
+    Mutant(
+        "True accepted as 1 (bool not refused)",
+        "    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):\n",
+        "    if not isinstance(value, (int, np.integer)):\n",
+        (BOOL,), ("construction",), only=True, says=("bool is a subclass of int",),
     ),
     Mutant(
         "num_heads stored as a float",

@@ -21,12 +21,17 @@ from pathlib import Path
 
 import pytest
 
-from spec.results import Verdict, load_verdicts
-
 ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))  # run as a script by its own subprocesses
+
+from spec.results import Verdict, load_verdicts  # noqa: E402
+from tests.zoo import course2026  # noqa: E402
+
 CHECK_FILES = ("spec/checks/test_model.py", "spec/checks/test_noninvasive.py", "spec/checks/test_memoization.py")
 MEMOIZATION = (ROOT / "reference" / "memoization.py").read_text()
 KV_CACHE = (ROOT / "reference" / "kv_cache.py").read_text()
+COURSE_2026 = course2026.module("from reference.tensor import Tensor")
 
 DECODE = "test_cached_decoding_equals_uncached_forward"
 GREEDY = "test_greedy_generation_is_token_identical"
@@ -42,6 +47,7 @@ TWICE = "test_enabling_twice_is_harmless"
 FLAGS = "test_disable_clears_the_cache_flags"
 KV_ROWS = "test_keys_and_values_are_projected_once_per_token"
 Q_ROWS = "test_each_step_projects_the_query_of_the_new_token_only"
+SCOPE = "test_forward_outside_the_generation_scope_is_original_and_leaves_cache"
 
 
 @dataclass(frozen=True)
@@ -51,7 +57,7 @@ class Mutant:
     new: str
     fails: tuple[str, ...]  # checks that must fail (others may fail too, unless `only`)
     only: bool = False  # every other check must pass (a bug only these checks can see)
-    file: str = "memoization"  # or "kv_cache"
+    file: str = "memoization"  # or "kv_cache", or "course2026" (tests/zoo/course2026.py, the 2026 course's style)
     says: tuple[str, ...] = field(default=())  # phrases the first failing check's message must contain
 
 
@@ -125,6 +131,11 @@ PATCH_LINE = "        attention.forward = _cached_attention_forward(attention, a
 NEVER_ENABLED_GUARD = '''        if not hasattr(block, "_original_attention_forward"):
             continue
 '''
+CACHE_READ = """        cache.update(layer_idx, Tensor(k), Tensor(v))  # every token is cached, the first one too
+        past_k, past_v = cache.get(layer_idx)  # the prefix before this token: (B, H, seq_pos, D)
+        keys = np.concatenate([past_k.data, k], axis=2)
+        values = np.concatenate([past_v.data, v], axis=2)
+"""
 DISABLE_FLAGS = "    model._kv_cache = None\n    model._cache_enabled = False\n"
 DISABLE_DOC = '''    """Restore every block's original attention.forward exactly; a no-op if never enabled."""
 '''
@@ -229,6 +240,30 @@ MUTANTS = (
         only=True,
     ),
     Mutant(
+        "inert cache: every forward takes the original attention (one row projected per step, nothing cached)",
+        "        if seq_len != 1:\n",
+        "        if True:\n",
+        (KV_ROWS, Q_ROWS, DECODE),
+        says=("decodes correctly",),
+    ),
+    Mutant(
+        "keys and values kept beside the cache (outputs right, projected once, the KVCache never written)",
+        CACHE_READ,
+        """        store = cache.__dict__.setdefault("_beside", {}).setdefault(layer_idx, [])
+        del store[cache.seq_pos:]
+        store.append((k, v))
+        keys = np.concatenate([kk for kk, _ in store], axis=2)
+        values = np.concatenate([vv for _, vv in store], axis=2)
+""",
+        (KV_ROWS, Q_ROWS), only=True, says=("holds only zeros",),
+    ),
+    Mutant(
+        "2026 style: a single-token forward outside the generation scope takes the cached step",
+        "        if seq != 1 or not self.cache._generation_active:\n",
+        "        if seq != 1:\n",
+        (SCOPE,), only=True, file="course2026", says=("outside `with cache.generation():`",),
+    ),
+    Mutant(
         "reset does not rewind seq_pos",
         "        self.seq_pos = 0\n        for keys, values in zip(",
         "        for keys, values in zip(",
@@ -240,6 +275,8 @@ MUTANTS = (
 # Correct designs: must pass every check.
 CORRECT = (
     Mutant("the reference itself, as a loose module", "", "", ()),
+    Mutant("the 2026 course's style: generation scope, CachedAttention stand-in, _split_heads", "", "", (),
+           file="course2026"),
     Mutant("wrapper object replacing block.attention", "def disable_kv_cache(model: Any) -> None:", WRAPPER_DESIGN, ()),
     # KV-NI-5 accepts absent flags: the state of a model never enabled.
     Mutant(
@@ -285,6 +322,9 @@ def lay_out(mutant: Mutant, directory: Path) -> Path:
     """Write the mutant as a loose submission; return the directory."""
     directory.mkdir(parents=True)
     memoization = MEMOIZATION
+    if mutant.file == "course2026":
+        (directory / "memoization.py").write_text(apply(COURSE_2026, mutant.old, mutant.new, mutant.name))
+        return directory
     if mutant.file == "kv_cache":
         (directory / "kv_cache.py").write_text(apply(KV_CACHE, mutant.old, mutant.new, mutant.name))
         memoization = apply(memoization, "from reference.kv_cache import KVCache", "from kv_cache import KVCache", "import")
@@ -334,7 +374,7 @@ def run_all(mutants: tuple[Mutant, ...], tmp: Path, workers: int = 2) -> dict[st
 
 def problems_with(mutant: Mutant, verdicts: dict[str, Verdict], must_pass: bool) -> list[str]:
     failed = {name for name, v in verdicts.items() if not v.passed}
-    if len(verdicts) < 14:
+    if len(verdicts) < 15:
         return [f"{mutant.name}: only {len(verdicts)} verdicts"]
     if must_pass:
         return [f"{mutant.name} must pass every check; failed: {sorted(failed)}\n" + verdicts[n].message for n in sorted(failed)][:1]

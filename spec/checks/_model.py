@@ -17,6 +17,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 from hypothesis import strategies as st
 
+from reference.gpt import GPT
 from spec.isolation.driver import FloatArray, IntArray, ModelConfig, SubmissionCrashed, SubmissionRaised
 from spec.session import CacheRef, ModelRef, Session
 from spec.strategies import model_configs
@@ -124,6 +125,30 @@ def two_sequences(draw: st.DrawFn) -> TwoSequences:
 
 
 # -- helpers shared by the model-level checks ------------------------------------------
+
+
+@dataclass(frozen=True)
+class Expected:
+    """What the uncached model computes for a token sequence, on the grader's own copy of it."""
+
+    logits: FloatArray  # (T, vocab): row t is what decode step t must return
+    keys: list[FloatArray]  # per layer (1, H, T, D): what a working cache holds after decoding the tokens
+    values: list[FloatArray]
+
+
+def grader_side(config: ModelConfig, tokens: list[int]) -> Expected:
+    """The same GPT the driver builds (same config and seed), run here around the reference
+    Tensor: never touched by submission code, so its projections and counters are ours."""
+    model = GPT(config.vocab_size, config.embed_dim, config.num_layers, config.num_heads, config.max_seq_len, seed=config.seed)
+    if config.qk_scale != 1:
+        for block in model.blocks:
+            block.attention.q_proj.weight *= np.float32(config.qk_scale)
+            block.attention.k_proj.weight *= np.float32(config.qk_scale)
+    ids = tokens_array(tokens)
+    logits = np.asarray(model.forward(ids).data, dtype=np.float64)[0]
+    kv = model.keys_and_values(ids)
+    return Expected(logits, [k.astype(np.float64) for k, _ in kv], [v.astype(np.float64) for _, v in kv])
+
 
 
 def tokens_array(tokens: list[int]) -> IntArray:

@@ -57,6 +57,19 @@ def test_non_integer_dimension_raises(driver: Driver, config: CacheConfig, which
         s.new_cache(*args)
 
 
+@checks("KV-CON-5")
+@given(config=cache_configs(), which=st.integers(0, 4), bad=st.sampled_from([True, False]))
+def test_bool_dimension_raises(driver: Driver, config: CacheConfig, which: int, bad: bool) -> None:
+    s = Session(driver)
+    args: list[object] = list(config.args)
+    args[which] = bad
+    call = f"KVCache({', '.join(map(repr, args))})"
+    with s.expect_raises("KV-CON-5", call, "TypeError", "ValueError",
+                         hint=f"{DIMENSIONS[which]}={bad!r}: bool is a subclass of int, so isinstance({bad!r}, int) is "
+                              "True; refuse bools first: if isinstance(x, bool) or not isinstance(x, int): raise ..."):
+        s.new_cache(*args)
+
+
 OPS = ("update", "advance", "reset")
 
 

@@ -218,3 +218,32 @@ def test_second_sequence_after_reset_equals_uncached(driver: Driver, case: TwoSe
     cache.reset()
     decode(s, model, cache, case.config, case.second, second, "KV-MOD-6", name="second",
            context="after cache.reset() the second sequence starts again at seq_pos 0 with nothing cached; ")
+
+
+@checks("KV-MOD-8")
+@given(case=prompt_cases())
+def test_forward_outside_the_generation_scope_is_original_and_leaves_cache(driver: Driver, case: PromptCase) -> None:
+    s = Session(driver)
+    model = s.new_model(case.config)
+    probe = case.probe[:1]
+    expected = model.forward_recorded(tokens_array(probe), start_pos=case.start_pos)
+    s.record("expected = logits.data  # the same forward before enable_kv_cache")
+    cache = model.enable()
+    if not cache.scoped:
+        return  # no generation() scope: every single-token forward may use the cache (2025, module 17)
+    decode(s, model, cache, case.config, case.decoded, None, "KV-MOD-8")
+    seq_pos = cache.seq_pos
+    before = [cache.get(layer) for layer in range(case.config.num_layers)]
+    got = model.forward_recorded(tokens_array(probe), start_pos=case.start_pos)
+    scope = (f"outside `with {cache.name}.generation():` a forward, of one token too, must run the original "
+             "attention: the cached step is for decoding inside the scope only")
+    if not close(got, expected):
+        raise s.fail("KV-MOD-8", expected, got, call=last_line(s), hint=scope + " (the logits differ from the model's own)")
+    after_pos = cache.seq_pos
+    if after_pos != seq_pos:
+        raise s.fail("KV-MOD-8", seq_pos, after_pos, hint=scope + "; it moved seq_pos")
+    for layer, (keys, values) in enumerate(before):
+        now_keys, now_values = cache.get(layer)
+        for what, old, new in (("keys", keys, now_keys), ("values", values, now_values)):
+            if old.shape != new.shape or not np.array_equal(old, new):
+                raise s.fail("KV-MOD-8", old, new, hint=scope + f"; layer {layer}'s cached {what} changed")
