@@ -23,9 +23,10 @@ from spec.session import set_current_driver
 # --kvspec-fail-under / --kvspec-rubric: score the run with the rubric (course CI).
 pytest_plugins = ["spec.grader.ci"]
 
+REFERENCE = "reference"  # --kvspec-submission=reference: the bundled reference (./reference for a directory of that name)
 OPTIONS = {
     # option: (environment variable, help)
-    "submission": ("KVSPEC_SUBMISSION", "directory holding the submission (default: the bundled reference)"),
+    "submission": ("KVSPEC_SUBMISSION", "directory holding the submission; 'reference' for the bundled reference (the default without grading options)"),
     "module": ("KVSPEC_MODULE", "dotted name of the cache module (default: discovered)"),
     "tensor": ("KVSPEC_TENSOR", "Tensor class as dotted.module:Name (default: the module's Tensor)"),
     "profile": ("KVSPEC_PROFILE", "quick | default | thorough (default: default)"),
@@ -52,7 +53,7 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "kvspec(*clause_ids): the spec clauses a check verifies")
     seed = option(config, "seed")
     try:
-        profiles.load(option(config, "profile") or profiles.DEFAULT_PROFILE, int(seed) if seed else profiles.DEFAULT_SEED)
+        profiles.activate(option(config, "profile") or profiles.DEFAULT_PROFILE, int(seed) if seed else profiles.DEFAULT_SEED)
     except ValueError as exc:
         raise pytest.UsageError(f"kvspec: {exc}") from None
     if option(config, "isolation") == "process":
@@ -66,10 +67,32 @@ def pytest_configure(config: pytest.Config) -> None:
         config.pluginmanager.register(Collector(None), "kvspec-annotator")
 
 
+CHECKS_DIR = Path(__file__).resolve().parent / "checks"
+
+
+def is_check(item: pytest.Item) -> bool:
+    """Is this item one of kvspec's checks (spec/checks), rather than someone else's test?"""
+    return CHECKS_DIR in Path(str(item.path)).resolve().parents
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The grading profile and seed go to kvspec's checks only (spec.profiles)."""
+    for item in items:
+        function = getattr(item, "function", None)
+        if function is not None and is_check(item) and getattr(function, "is_hypothesis_test", False):
+            profiles.apply(function)
+
+
+def submission(config: pytest.Config) -> str | None:
+    """The submission directory; None for the bundled reference, asked for by name."""
+    value = option(config, "submission")
+    return None if value in (None, REFERENCE) else value
+
+
 def make_driver(config: pytest.Config) -> Driver:
     """The driver for one check, as the options say."""
     try:
-        target = find_target(option(config, "submission"), option(config, "module"), option(config, "tensor"))
+        target = find_target(submission(config), option(config, "module"), option(config, "tensor"))
     except DiscoveryError as exc:
         raise pytest.UsageError(f"kvspec: {exc}") from None
     isolation = option(config, "isolation") or "none"

@@ -1,11 +1,17 @@
 """Hypothesis settings for grading: reproducible, no example database, no deadlines.
 
-Loaded explicitly by the plugin at configure time, before any check module is imported:
-a state machine's settings are fixed when its TestCase is first referenced, and
-Hypothesis' own `ci` profile would otherwise switch itself on when CI is set.
+They apply to kvspec's own checks only. The plugin activates a profile at configure
+time and attaches it, with the seed, to each collected check of spec/checks (and the
+state machines read it when they run): nothing is loaded globally, so another project's
+`@given` tests in the same pytest run, or in the same environment, keep their own
+settings, database and randomness. Every field that matters is set explicitly, on top of
+Hypothesis' built-in default profile, so neither a loaded user profile nor Hypothesis'
+own `ci` profile (switched on by CI=...) changes a verdict.
 """
 
 from __future__ import annotations
+
+from typing import Any, Callable, TypeVar
 
 from hypothesis import HealthCheck, Phase, settings
 
@@ -16,34 +22,49 @@ STEPS = {"quick": 12, "default": 30, "thorough": 60}
 DEFAULT_PROFILE = "default"
 DEFAULT_SEED = 0
 
-
-def profile_name(profile: str) -> str:
-    return f"kvspec-{profile}"
-
-
-def register_profiles() -> None:
-    for profile in PROFILES:
-        settings.register_profile(
-            profile_name(profile),
-            max_examples=EXAMPLES[profile],
-            stateful_step_count=STEPS[profile],
-            deadline=None,  # slow code has its own explicit budget; time never decides a verdict here
-            database=None,  # nothing carried between runs or submissions
-            derandomize=False,  # the plugin fixes the seed instead, so --kvspec-seed can change it
-            suppress_health_check=list(HealthCheck),  # too_slow etc. are timing-dependent: not reproducible
-            phases=(Phase.explicit, Phase.generate, Phase.shrink),
-            print_blob=False,
-            report_multiple_bugs=False,  # one failure per check: the minimal one
-        )
+T = TypeVar("T", bound=Callable[..., Any])
+_active: dict[str, Any] = {"profile": DEFAULT_PROFILE, "seed": DEFAULT_SEED}
 
 
-def load(profile: str, seed: int) -> None:
-    """Activate a grading profile with a fixed seed (same seed: same examples, every run)."""
-    from hypothesis import core
-
+def grading_settings(profile: str) -> settings:
+    """The settings of one grading profile (not registered or loaded anywhere)."""
     if profile not in PROFILES:
         raise ValueError(f"unknown profile {profile!r}; choose one of {', '.join(PROFILES)}")
-    register_profiles()
-    settings.load_profile(profile_name(profile))
-    # What Hypothesis' own --hypothesis-seed does: every test draws from Random(seed).
-    setattr(core, "global_force_seed", seed)
+    return settings(
+        settings.get_profile("default"),  # Hypothesis' built-in defaults, whatever profile is loaded
+        max_examples=EXAMPLES[profile],
+        stateful_step_count=STEPS[profile],
+        deadline=None,  # slow code has its own explicit budget; time never decides a verdict here
+        database=None,  # nothing carried between runs or submissions
+        derandomize=False,  # the seed is fixed per check instead, so --kvspec-seed can change it
+        suppress_health_check=list(HealthCheck),  # too_slow etc. are timing-dependent: not reproducible
+        phases=(Phase.explicit, Phase.generate, Phase.shrink),
+        print_blob=False,
+        report_multiple_bugs=False,  # one failure per check: the minimal one
+    )
+
+
+def activate(profile: str, seed: int) -> None:
+    """Choose the profile and seed kvspec's checks run with (same seed: same examples)."""
+    _active["settings"] = grading_settings(profile)
+    _active["profile"], _active["seed"] = profile, seed
+
+
+def current() -> settings:
+    if "settings" not in _active:
+        activate(DEFAULT_PROFILE, DEFAULT_SEED)
+    value: settings = _active["settings"]
+    return value
+
+
+def current_seed() -> int:
+    return int(_active["seed"])
+
+
+def apply(test: T) -> T:
+    """Give one @given check (or a state machine class) the active settings and seed:
+    what `@settings(...)` and `@seed(...)` would do, after the fact."""
+    if getattr(test, "is_hypothesis_test", False):
+        setattr(test, "_hypothesis_internal_use_settings", current())
+    setattr(test, "_hypothesis_internal_use_seed", current_seed())
+    return test

@@ -11,6 +11,8 @@ import csv
 import io
 import json
 import math
+import os
+import stat
 import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
@@ -298,3 +300,24 @@ def test_gradebook_and_class_summary() -> None:
 def test_batch_names_are_unique(tmp_path: Path) -> None:
     paths = [tmp_path / "a" / "sub", tmp_path / "b" / "sub", tmp_path / "c" / "Sub"]
     assert [m.name for m in batch.name_members(paths)] == ["sub", "sub-2", "Sub-3"]
+
+
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
+def test_reports_follow_the_umask(tmp_path: Path, umask: int, mode: int) -> None:
+    old = os.umask(umask)
+    try:
+        written = reports.write_reports(grade_of({}), tmp_path)
+    finally:
+        os.umask(old)
+    assert {oct(stat.S_IMODE(p.stat().st_mode)) for p in written} == {oct(mode)}
+
+
+def test_ctrl_c_exits_130(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    from spec.grader import cli
+
+    def interrupted(argv: object) -> int:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "run", interrupted)
+    assert cli.main(["--profile", "quick"]) == 130
+    assert capsys.readouterr().err == "python -m spec grade: interrupted\n"

@@ -32,10 +32,11 @@ from __future__ import annotations
 from typing import Callable, ClassVar
 
 import numpy as np
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule, run_state_machine_as_test
 
+from spec import profiles
 from spec.checks._cache import Snapshot, has_room, write_history
 from spec.clauses import checks
 from spec.data import Pattern
@@ -425,9 +426,10 @@ class ResetMachine(CacheMachine):
 
 
 def run(machine: type[CacheMachine]) -> None:
-    # settings() is the grading profile loaded by the plugin; the Session is created per
-    # example inside the machine, so the failure's script is the shrunk example's.
-    run_state_machine_as_test(machine, settings=settings())
+    # The grading profile and seed the plugin activated (spec.profiles, for kvspec's checks
+    # only); the Session is created per example inside the machine, so the failure's
+    # script is the shrunk example's.
+    run_state_machine_as_test(profiles.apply(machine), settings=profiles.current())
 
 
 @checks("KV-UPD-1", "KV-UPD-2")

@@ -5,7 +5,9 @@ plugin is loaded. With `--kvspec-fail-under`, the session's verdicts are scored 
 default rubric (or `--kvspec-rubric FILE`) at the end, the score per group is printed in
 the terminal summary, and the exit status follows the score: 0 at or above POINTS, 1
 below it. A failure of a test that is not a kvspec check (a course's own tests in the
-same run), a collection error or an internal error keeps pytest's own exit status. A check
+same run), a collection error or an internal error keeps pytest's own exit status. Scoring needs a
+submission: `--kvspec-fail-under` or `--kvspec-rubric` without `--kvspec-submission` (or
+`--kvspec-module`) is a usage error, not a silent grade of the bundled reference. A check
 that failed because of a grader fault (the isolated worker broke before the submission's
 import began, spec.isolation.isolated) makes the exit status 3, pytest's internal error: not a score.
 """
@@ -102,7 +104,18 @@ class Score:
 
 @pytest.hookimpl(trylast=True)
 def pytest_configure(config: pytest.Config) -> None:
+    from spec.plugin import option
+
     text = _option(config, "kvspec_fail_under", "KVSPEC_FAIL_UNDER")
+    rubric_file = _option(config, "kvspec_rubric", "KVSPEC_RUBRIC")
+    if (text is not None or rubric_file is not None) and option(config, "submission") is None and option(config, "module") is None:
+        # Scoring the bundled reference by accident passes every threshold: a CI that forgot
+        # the option would always be green. The reference is graded only when named.
+        flag = "--kvspec-fail-under" if text is not None else "--kvspec-rubric"
+        raise pytest.UsageError(
+            f"kvspec: {flag} scores a submission, but none was given: add --kvspec-submission=DIR "
+            "(or --kvspec-submission=reference to score the bundled reference)"
+        )
     if text is None:
         return
     try:
@@ -112,7 +125,7 @@ def pytest_configure(config: pytest.Config) -> None:
     if not threshold >= 0:
         raise pytest.UsageError(f"kvspec: --kvspec-fail-under must be >= 0, not {text!r}")
     try:
-        rubric = load(_option(config, "kvspec_rubric", "KVSPEC_RUBRIC"))
+        rubric = load(rubric_file)
     except RubricError as exc:
         raise pytest.UsageError(f"kvspec: {exc}") from None
     pm = config.pluginmanager

@@ -2,7 +2,8 @@
 
 Exit codes: 0 graded (and at or above --fail-under if given); 1 graded, but below
 --fail-under (in a batch: some submission below it); 2 the grader could not run (bad
-arguments, a missing directory, a bad rubric), with a one-line message and no traceback.
+arguments, a missing directory, a bad rubric), with a one-line message and no traceback;
+130 interrupted (Ctrl-C).
 """
 
 from __future__ import annotations
@@ -191,6 +192,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UsageError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # Ctrl-C: the shell's convention, 128 + SIGINT
         print(f"{PROG}: interrupted", file=sys.stderr)
-        return 2
+        return 130

@@ -77,6 +77,7 @@ def write_atomic(directory: Path, name: str, text: str) -> Path:
         shutil.rmtree(target)
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; a report is an ordinary file
         with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as handle:
             handle.write(text)
         os.replace(tmp, target)
@@ -84,6 +85,12 @@ def write_atomic(directory: Path, name: str, text: str) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return target
+
+
+def _umask() -> int:
+    mask = os.umask(0o077)  # reading the umask means setting it; put it back at once
+    os.umask(mask)
+    return mask
 
 
 def write_reports(grade: Grade, directory: Path) -> list[Path]:
