@@ -259,7 +259,6 @@ def test_a_submission_cannot_plant_or_forge_results(tmp_path: Path) -> None:
     assert data["score"] == 0 and len(data["tests"]) > 1
     (imp,) = [t for t in data["tests"] if "import" in t["tags"]]
     assert imp["status"] == "failed" and "nothing to see here" in imp["output"]
-    assert "failed authentication and were ignored" in (out / "report.md").read_text()
 
 
 def test_the_whole_run_has_a_hard_time_limit(tmp_path: Path) -> None:

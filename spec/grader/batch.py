@@ -2,22 +2,35 @@
 
 `grade DIR1 DIR2 ...` grades each directory; `grade CLASS_DIR` where CLASS_DIR holds no
 cache module itself but at least two of its subdirectories do, grades every
-subdirectory. Reports go to OUT/<name>/, plus OUT/gradebook.csv (one row per
-submission) and OUT/class-summary.md (per clause, how many submissions failed it,
-most-failed first: what to reteach).
+subdirectory. Reports go to OUT/<name>/ as each submission finishes, plus
+OUT/gradebook.csv (one row per submission) and OUT/class-summary.md (per clause, how
+many submissions failed it, most-failed first: what to reteach) at the end.
+
+What is finished is recorded under OUT/.kvspec-progress/ (the options that matter to a
+score, then one record per finished submission: its grade, or its one-line grader
+fault), so `--resume` picks up an interrupted batch without regrading anyone, and
+refuses to mix runs made with other options.
 """
 
 from __future__ import annotations
 
 import csv
 import io
-from dataclasses import dataclass
+import json
+import os
+import shutil
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 from spec.clauses import BY_ID, GROUPS
 from spec.discovery import CANDIDATE_MODULES, DiscoveryError, find_target
-from spec.grader.grade import Grade
-from spec.grader.rubric import clause_order, fmt
+from spec.grader.grade import Grade, TestScore
+from spec.grader.rubric import Check, clause_order, fmt
+from spec.grader.safe_io import UnsafeFile, read_bounded
+
+PROGRESS_DIR = ".kvspec-progress"
+MAX_RECORD = 64 << 20  # bytes: one grade with every message at its cap is under 2 MB
 
 
 @dataclass(frozen=True)
@@ -110,3 +123,111 @@ def class_summary_md(grades: list[Grade]) -> str:
     for grade in sorted(grades, key=lambda g: (g.total, g.submission)):
         out.append(f"| {grade.submission} | {fmt(grade.total)} / {fmt(grade.maximum)} |")
     return "\n".join(out) + "\n"
+
+
+# -- progress: what is finished, for --resume ----------------------------------------------------
+
+
+def grade_to_dict(grade: Grade) -> dict[str, Any]:
+    return asdict(grade)
+
+
+def grade_from_dict(data: dict[str, Any]) -> Grade:
+    fields = dict(data)
+    fields["tests"] = [
+        TestScore(**{**t, "check": Check(t["check"]["nodeid"], t["check"]["name"], tuple(t["check"]["clauses"]), t["check"]["group"])})
+        for t in data["tests"]
+    ]
+    return Grade(**fields)
+
+
+@dataclass(frozen=True)
+class Finished:
+    """A finished submission of the batch: its grade, or the one line of its grader fault."""
+
+    name: str
+    grade: Grade | None
+    fault: str = ""
+
+
+class ResumeError(Exception):
+    """--resume cannot continue the batch recorded in the output directory."""
+
+
+class Progress:
+    """OUT/.kvspec-progress/: options.json, then done/<name>.json per finished submission.
+
+    Written by the grader only after the submission's processes are all dead; read back
+    (with --resume) with bounds, since in `process` isolation a submission could have put
+    anything there. A record that cannot be read is regraded."""
+
+    def __init__(self, out: Path, options: dict[str, object], resume: bool) -> None:
+        self.dir = out / PROGRESS_DIR
+        self.options = options
+        self.done: dict[str, Finished] = {}
+        self.note = ""
+        if resume and self._recorded_options() is not None:
+            recorded = self._recorded_options()
+            assert recorded is not None
+            differ = [k for k in sorted(set(options) | set(recorded)) if options.get(k) != recorded.get(k)]
+            if differ:
+                k = differ[0]
+                raise ResumeError(
+                    f"--resume: {out} holds a batch graded with {k}={recorded.get(k)!r}, not {options.get(k)!r}; "
+                    "grade with the same options, or without --resume to start over"
+                )
+            self._load_done()
+            return
+        if resume:
+            self.note = f"--resume: nothing to resume in {out}; grading every submission"
+        if self.dir.is_symlink() or self.dir.exists():
+            _remove(self.dir)
+        (self.dir / "done").mkdir(parents=True)
+        _write_json(self.dir / "options.json", options)
+
+    def _recorded_options(self) -> dict[str, object] | None:
+        try:
+            data = json.loads(read_bounded(self.dir / "options.json", MAX_RECORD))
+        except (UnsafeFile, ValueError):
+            return None
+        return data if isinstance(data, dict) else None
+
+    def _load_done(self) -> None:
+        done = self.dir / "done"
+        if done.is_symlink() or not done.is_dir():
+            _remove(done)
+            done.mkdir(parents=True)
+            return
+        for entry in sorted(os.listdir(done)):
+            if not entry.endswith(".json"):
+                continue
+            try:
+                data = json.loads(read_bounded(done / entry, MAX_RECORD))
+                finished = Finished(str(data["name"]), grade_from_dict(data["grade"]) if data.get("grade") else None, str(data.get("fault", "")))
+            except (UnsafeFile, ValueError, KeyError, TypeError):
+                continue  # unreadable: that submission is graded again
+            if finished.name + ".json" == entry and (finished.grade is not None or finished.fault):
+                self.done[finished.name] = finished
+
+    def record(self, finished: Finished) -> None:
+        self.done[finished.name] = finished
+        data = {"name": finished.name, "grade": grade_to_dict(finished.grade) if finished.grade else None, "fault": finished.fault}
+        _write_json(self.dir / "done" / f"{finished.name}.json", data)
+
+
+def _write_json(path: Path, data: object) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    _remove(tmp)
+    with open(tmp, "x", encoding="utf-8") as f:
+        json.dump(data, f)
+    os.replace(tmp, path)
+
+
+def _remove(path: Path) -> None:
+    try:
+        if path.is_symlink() or not path.is_dir():
+            path.unlink()
+        else:
+            shutil.rmtree(path)
+    except FileNotFoundError:
+        pass

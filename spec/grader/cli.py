@@ -2,13 +2,16 @@
 
 Exit codes: 0 graded (and at or above --fail-under if given); 1 graded, but below
 --fail-under (in a batch: some submission below it); 2 the grader could not run (bad
-arguments, a missing directory, a bad rubric), with a one-line message and no traceback;
-130 interrupted (Ctrl-C).
+arguments, a missing directory, a bad rubric), with a one-line message and no traceback,
+or (in a batch) could not grade some submission: every other one is graded and its
+reports written, and the faulty one gets OUT/<name>/grader-fault.txt (one line);
+130 interrupted (Ctrl-C; a batch continues with --resume).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -20,7 +23,7 @@ from spec.grader import batch, reports
 from spec.grader.grade import Grade, failed_run, score
 from spec.grader.rubric import Check, Rubric, RubricError, fmt
 from spec.grader.rubric import load as load_rubric
-from spec.grader.run import TIME_LIMITS, GraderError, Options, RunResult, become_subreaper, collect, kill_descendants, run_suite
+from spec.grader.run import TIME_LIMITS, GraderError, Options, RunResult, become_subreaper, collect, harden_self, run_suite, sweep
 
 PROG = "python -m spec grade"
 
@@ -55,6 +58,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--time-limit", metavar="SECONDS", type=float,
                    help="wall-clock limit of one submission's run (default: " + ", ".join(f"{k} {v:.0f}" for k, v in TIME_LIMITS.items()) + ")")
     p.add_argument("--quiet", action="store_true", help="print only the score line per submission")
+    p.add_argument("--resume", action="store_true",
+                   help="continue an interrupted batch in --out: submissions already graded there (with the same options) are not graded again")
     return p
 
 
@@ -105,7 +110,7 @@ def _grade_one(member: batch.Member, args: argparse.Namespace, checks: list[Chec
         result: RunResult = failed_run(checks, str(exc))
     else:
         result = run_suite(target, checks, options)
-    killed = kill_descendants()
+    killed = sweep()
     notes = list(result.notes)
     if killed:
         notes.append(f"{killed} process(es) left running after the run were killed.")
@@ -128,6 +133,62 @@ def _grade_one(member: batch.Member, args: argparse.Namespace, checks: list[Chec
     )
 
 
+FAULT_FILE = "grader-fault.txt"
+
+
+def _grade_contained(member: batch.Member, args: argparse.Namespace, checks: list[Check], rubric: Rubric,
+                     options: Options) -> batch.Finished:
+    """Grade one submission; whatever goes wrong with the grader while it does (an
+    exception, a grader fault, a run it cannot clean up after) ends as a one-line fault
+    of this submission alone, after every process it left is killed."""
+    try:
+        return batch.Finished(member.name, _grade_one(member, args, checks, rubric, options))
+    except GraderError as exc:
+        line = str(exc)
+    except Exception as exc:  # a defect of the grader met on this submission: contain it
+        line = f"internal error, a grader fault and not the submission's: {type(exc).__name__}: {exc} (no score was written)"
+    sweep()
+    return batch.Finished(member.name, None, " ".join(line.split())[:1000])
+
+
+def _options_record(args: argparse.Namespace, options: Options, rubric: Rubric, checks: list[Check]) -> dict[str, object]:
+    """What decides a score: a batch is resumed only with exactly these."""
+    import hashlib
+
+    digest = hashlib.sha256(json.dumps([(c.nodeid, c.clauses) for c in checks]).encode()).hexdigest()[:16]
+    rubric_text = Path(args.rubric).read_bytes() if args.rubric else b""
+    return {
+        "profile": options.profile, "seed": options.seed, "isolation": options.isolation, "time_limit": options.time_limit,
+        "module": args.module, "tensor": args.tensor, "rubric": rubric.name,
+        "rubric_sha256": hashlib.sha256(rubric_text).hexdigest()[:16], "checks": digest,
+    }  # fmt: skip
+
+
+def _write_member(out: reports.OutDir, finished: batch.Finished, is_batch: bool) -> None:
+    """This submission's reports (its processes are dead): first remove what appeared in
+    the output directory meanwhile, then write atomically. A grader fault gets no
+    results.json (Gradescope must not show a 0), only grader-fault.txt, in a batch."""
+    out.clean()
+    directory = out.subdir(finished.name) if is_batch else out.path
+    if finished.grade is not None:
+        written = reports.write_reports(finished.grade, directory)
+        if not is_batch:  # (a batch keeps the whole subdirectory)
+            for path in written:
+                out.keep(path.name)
+    elif is_batch:
+        reports.write_atomic(directory, FAULT_FILE, finished.fault + "\n")
+
+
+def _print_member(finished: batch.Finished, is_batch: bool, quiet: bool) -> None:
+    grade = finished.grade
+    if grade is None:
+        print(f"{finished.name}: {PROG}: error: {finished.fault}", file=sys.stderr, flush=True)
+    elif is_batch or quiet:
+        print(f"{grade.submission}: {fmt(grade.total)}/{fmt(grade.maximum)} ({grade.execution_time:.1f} s)", flush=True)
+    else:
+        print(reports.summary_text(grade), flush=True)
+
+
 def run(argv: Sequence[str]) -> int:
     args = _args(argv)
     try:
@@ -135,44 +196,64 @@ def run(argv: Sequence[str]) -> int:
     except RubricError as exc:
         raise UsageError(str(exc)) from None
     members, is_batch = _members(args)
+    if args.resume and not is_batch:
+        raise UsageError("--resume continues a batch (several submissions); one submission is simply graded again")
     try:
-        out = reports.OutDir(Path(args.out), is_batch)
+        out = reports.OutDir(Path(args.out), is_batch, keep=(batch.PROGRESS_DIR,) if args.resume else ())
     except OSError as exc:
         raise UsageError(str(exc)) from None
     options = Options(args.profile, args.seed, args.jobs, args.isolation, args.time_limit or TIME_LIMITS[args.profile])
+    harden_self()  # it holds the verdict keys
     become_subreaper()
     try:
         checks = collect(Target(None, "reference.memoization"), options)
         rubric.validate_checks(checks)
     except (GraderError, RubricError) as exc:
         raise UsageError(str(exc)) from None
+    progress = None
+    if is_batch:
+        try:
+            progress = batch.Progress(out.path, _options_record(args, options, rubric, checks), args.resume)
+        except batch.ResumeError as exc:
+            raise UsageError(str(exc)) from None
+        out.keep(batch.PROGRESS_DIR)
+        if progress.note:
+            print(progress.note, flush=True)
 
-    grades: list[Grade] = []
+    finished: list[batch.Finished] = []
     for i, member in enumerate(members, 1):
+        done = progress.done.get(member.name) if progress else None
+        if done is not None and done.grade is not None:  # a grader fault is tried again
+            finished.append(done)
+            out.keep(member.name)
+            continue
         if is_batch:
             print(f"[{i}/{len(members)}] grading {member.name} ...", flush=True)
-        try:
-            grade = _grade_one(member, args, checks, rubric, options)
-        except GraderError as exc:
-            raise UsageError(str(exc)) from None
-        grades.append(grade)
-        if is_batch or args.quiet:
-            print(f"{grade.submission}: {fmt(grade.total)}/{fmt(grade.maximum)} ({grade.execution_time:.1f} s)", flush=True)
-        else:
-            print(reports.summary_text(grade), flush=True)
+        result = _grade_contained(member, args, checks, rubric, options)
+        if result.grade is None and not is_batch:
+            raise UsageError(result.fault)  # one submission: exit 2, one line, no reports
+        _write_member(out, result, is_batch)
+        if progress is not None:
+            progress.record(result)
+        finished.append(result)
+        _print_member(result, is_batch, args.quiet)
 
-    # Every run (and worker) has ended: only now does anything get written.
+    grades = [f.grade for f in finished if f.grade is not None]
+    faults = [f for f in finished if f.grade is None]
     out.clean()
-    for member, grade in zip(members, grades):
-        directory = out.subdir(member.name) if is_batch else out.path
-        reports.write_reports(grade, directory)
     if is_batch:
+        for grade in grades:  # again: a later submission may have written into an earlier one's directory
+            reports.write_reports(grade, out.subdir(grade.submission))
         reports.write_atomic(out.path, "gradebook.csv", batch.gradebook_csv(grades))
         reports.write_atomic(out.path, "class-summary.md", batch.class_summary_md(grades))
         print(f"reports: {out.path}/<submission>/{{results.json,junit.xml,report.md}}, {out.path}/gradebook.csv, {out.path}/class-summary.md")
     else:
         print(f"reports: {out.path}/results.json, {out.path}/junit.xml, {out.path}/report.md")
 
+    if faults:
+        names = ", ".join(f.name for f in faults[:10]) + (" ..." if len(faults) > 10 else "")
+        print(f"{PROG}: error: {len(faults)} submission(s) not graded, a grader fault (see {FAULT_FILE} in each): {names}", file=sys.stderr)
+        return 2
     if args.fail_under is not None:
         below = [g for g in grades if g.total < round(args.fail_under * 100)]
         if below:

@@ -1,7 +1,8 @@
 """The reports: results.json (Gradescope's format), junit.xml, report.md, and the terminal summary.
 
-Written only by the grader process, after every run (and so every worker) has ended,
-each atomically (a temporary file in the same directory, then os.replace). Whatever
+Written only by the grader process, after the submission's runs (and so every process
+they left) have ended, each atomically (a temporary file in the same directory, then
+os.replace): in a batch, each submission's reports as soon as it is graded. Whatever
 appeared in the output directory while submissions ran is removed first: a submission
 that writes its own results.json there cannot make it the final one.
 """
@@ -19,6 +20,7 @@ from pathlib import Path
 from spec.clauses import GROUPS
 from spec.grader.grade import Grade, TestScore
 from spec.grader.rubric import fmt, to_points
+from spec.grader.safe_io import remove_tree
 
 REPORT_FILES = ("results.json", "junit.xml", "report.md")
 BATCH_FILES = ("gradebook.csv", "class-summary.md")
@@ -32,7 +34,7 @@ class OutDir:
     """The directory the reports go to. Created (and cleared of old reports) before any
     submission runs; `clean()` then removes whatever appeared in it during the runs."""
 
-    def __init__(self, path: Path, batch: bool) -> None:
+    def __init__(self, path: Path, batch: bool, keep: tuple[str, ...] = ()) -> None:
         self.path = path
         try:
             if path.is_symlink() or (path.exists() and not path.is_dir()):
@@ -42,6 +44,9 @@ class OutDir:
             raise OSError(f"cannot use {str(path)!r} as the output directory: {exc}") from None
         for name in REPORT_FILES + (BATCH_FILES if batch else ()):
             _remove(path / name)
+        for name in os.listdir(path):
+            if name.startswith(".kvspec-") and name not in keep:  # progress of an earlier batch
+                _remove(path / name)
         self.before = set(os.listdir(path))
         self.inode = path.stat().st_ino
 
@@ -49,26 +54,37 @@ class OutDir:
         if self.path.is_symlink() or not self.path.is_dir() or self.path.stat().st_ino != self.inode:
             _remove(self.path)
             self.path.mkdir(parents=True, exist_ok=True)
+            self.inode = self.path.stat().st_ino
             self.before = set()
         for name in sorted(set(os.listdir(self.path)) - self.before):
             _remove(self.path / name)
 
-    def subdir(self, name: str) -> Path:
+    def keep(self, name: str) -> None:
+        """`name` (a report, a submission's subdirectory) is the grader's: clean() leaves it."""
+        self.before.add(name)
+
+    def subdir(self, name: str, only: tuple[str, ...] = REPORT_FILES) -> Path:
+        """OUT/name, a real directory holding nothing but the grader's files `only`."""
         sub = self.path / name
         if sub.is_symlink() or (sub.exists() and not sub.is_dir()):
             _remove(sub)
         sub.mkdir(exist_ok=True)
+        for entry in os.listdir(sub):
+            if entry not in only:
+                _remove(sub / entry)
+        self.keep(name)
         return sub
 
 
 def _remove(path: Path) -> None:
+    """Remove a file, link or tree a submission may have put there; never raises."""
     try:
         if path.is_symlink() or not path.is_dir():
             path.unlink()
-        else:
-            shutil.rmtree(path)
-    except FileNotFoundError:
+            return
+    except OSError:
         pass
+    remove_tree(path)
 
 
 def write_atomic(directory: Path, name: str, text: str) -> Path:

@@ -1,12 +1,24 @@
-"""Run the suite on one submission in a pytest subprocess and bring back its verdicts.
+"""Run the suite on one submission in pytest subprocesses and bring back its verdicts.
 
-The grader process never imports submission code. It starts
-`python -m pytest --pyargs spec.checks ...` in a fresh temporary directory, with plugin
-autoloading off (a plugin installed in the grading environment cannot interfere) and no
-configuration file but an empty one of ours (a submission's or a repository's pytest.ini
-or conftest.py is never read), under a wall-clock limit on the whole run. The run is
-its own process group: at the limit the group is killed. Whatever finished by then keeps
-its verdict; every other check is failed with a message saying what happened.
+The grader process never imports submission code. Each phase starts a fresh pytest
+(`python -I -X pycache_prefix=<private> -c <bootstrap> --pyargs spec.checks ...`) in a
+private (0700) scratch directory that is never named to the submission:
+
+- isolated mode (-I): no cwd or script directory, PYTHON* variable or user site on
+  sys.path; the bootstrap puts the grader's own install root first, so nothing a
+  submission can write is imported (`--confcutdir` keeps conftest.py files to spec/);
+- bytecode comes only from the grader's private cache (pycache_prefix), never from a
+  `__pycache__` beside the installed sources, where a submission could plant a .pyc;
+- plugin autoloading off and an empty configuration file of ours: a submission's or a
+  repository's pytest.ini or conftest.py is never read;
+- the bootstrap makes the process non-dumpable before anything else, and only then is
+  the verdict-signing key written to its key pipe; verdicts come back on a pipe the
+  grader holds (a descriptor, never a path on a command line), each signed, read with a
+  size cap;
+- a wall-clock limit on the whole run; the run is its own session, and after it (and
+  before the next one starts) every process left in the grader's tree is frozen and
+  killed (`sweep`). Whatever finished by then keeps its verdict; every other check is
+  failed with a message saying what happened.
 """
 
 from __future__ import annotations
@@ -19,18 +31,20 @@ import importlib.util
 import json
 import os
 import secrets
+import select
+import shlex
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
+from typing import IO, Iterator
 
 from spec.discovery import Target
 from spec.grader.rubric import Check
+from spec.grader.safe_io import UnsafeFile, private_dir, read_bounded, remove_tree
 from spec.grader.stream import sign
 from spec.plugin import OPTIONS
 from spec.results import Verdict
@@ -39,8 +53,31 @@ OUTPUT_TAIL = 64 * 1024
 # Hard wall-clock limit of one submission's run, per profile (seconds); --time-limit overrides.
 TIME_LIMITS = {"quick": 180.0, "default": 300.0, "thorough": 1800.0}
 COLLECT_LIMIT = 120.0
+MAX_MANIFEST = 8 << 20  # bytes: the check list is about 20 KB
+MAX_STREAM = 64 << 20  # bytes of verdict lines kept from one run (a verdict's message is capped at 20 KB)
+SWEEP_LIMIT = 20.0  # seconds spent freezing and killing leftovers after one phase
 PR_SET_CHILD_SUBREAPER = 36
+PR_SET_DUMPABLE = 4
 _subreaper = False  # set by become_subreaper(): only the grader's CLI process kills leftovers
+ROOT = str(Path(__file__).resolve().parents[2])  # the directory holding the grader's `spec` and `reference`
+
+# The first code of every grader pytest process (python -I -c BOOTSTRAP ROOT READY_FD ...):
+# non-dumpable before it holds anything (a same-user process can then neither ptrace it
+# nor open its /proc/<pid>/fd or mem), then the grader's install root first on sys.path,
+# then one byte on the ready pipe: only after that does the grader write the key.
+BOOTSTRAP = """\
+import os, sys
+if sys.platform.startswith("linux"):
+    import ctypes
+    ctypes.CDLL(None, use_errno=True).prctl(%d, 0, 0, 0, 0)
+sys.path.insert(0, sys.argv.pop(1))
+_ready = int(sys.argv.pop(1))
+if _ready >= 0:
+    os.write(_ready, b"1")
+    os.close(_ready)
+import pytest
+sys.exit(pytest.console_main())
+""" % PR_SET_DUMPABLE
 
 
 class GraderError(Exception):
@@ -73,8 +110,57 @@ class RunResult:
     returncode: int | None = None
 
 
+# -- the grader's private bytecode cache -----------------------------------------------------
+
+_pycache: Path | None = None
+
+
+def _owned_private(path: Path) -> bool:
+    try:
+        info = os.lstat(path)
+    except OSError:
+        return False
+    import stat
+
+    return stat.S_ISDIR(info.st_mode) and info.st_uid == os.geteuid() and not info.st_mode & 0o077
+
+
+def pycache_dir() -> Path:
+    """Where every grader Python process reads and writes bytecode (-X pycache_prefix):
+    $XDG_CACHE_HOME/kvspec/pycache (else ~/.cache/...), a 0700 directory of this user,
+    kept between runs (compiling NumPy, pytest and Hypothesis afresh costs seconds). A
+    .pyc planted beside the installed sources is never read. If that directory cannot be
+    made private, a fresh one for this run (removed at exit)."""
+    global _pycache
+    if _pycache is not None:
+        return _pycache
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    path = Path(base) / "kvspec" / f"pycache-{sys.implementation.cache_tag}"
+    try:
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        for d in (path.parent, path):
+            if os.lstat(d).st_uid == os.geteuid():
+                os.chmod(d, 0o700)
+    except OSError:
+        pass
+    if not _owned_private(path) or not _owned_private(path.parent):
+        path = private_dir("kvspec-pycache-")
+        import atexit
+
+        atexit.register(remove_tree, path)
+    _pycache = path
+    return path
+
+
+def python_command() -> list[str]:
+    """The interpreter of every grader Python process: isolated, private bytecode."""
+    return [sys.executable, "-I", "-X", f"pycache_prefix={pycache_dir()}"]
+
+
 def _environment() -> dict[str, str]:
-    """The grader's environment without anything that could steer pytest or the suite."""
+    """The grader's environment without anything that could steer pytest or the suite.
+    (-I makes the interpreter ignore PYTHON* variables; they stay in os.environ only for
+    the isolated workers, which build their own environment from an allow-list.)"""
     steering = {env for env, _ in OPTIONS.values()}  # KVSPEC_SUBMISSION etc.: we pass options instead
     env = {
         k: v
@@ -84,9 +170,7 @@ def _environment() -> dict[str, str]:
     env["PYTEST_DISABLE_PLUGIN_AUTOLOAD"] = "1"
     env["PYTHONDONTWRITEBYTECODE"] = "1"
     env["PYTHONHASHSEED"] = "0"
-    # spec (and reference) must import from the temporary working directory too.
-    root = str(Path(__file__).resolve().parents[2])
-    env["PYTHONPATH"] = os.pathsep.join([root] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
+    env["PYTHONPYCACHEPREFIX"] = str(pycache_dir())  # for the isolated workers (not under -I)
     return env
 
 
@@ -97,21 +181,29 @@ def _plugins() -> list[str]:
     return args
 
 
-def _base_command(workdir: Path) -> list[str]:
-    ini = workdir / "kvspec-grader.ini"
-    ini.write_text("[pytest]\n")
+def _base_command(workdir: Path, ready_fd: int = -1) -> list[str]:
+    """pytest in `workdir` (its cwd; every path on the command line is relative to it)."""
+    (workdir / "kvspec-grader.ini").write_text("[pytest]\n")
     return [
-        sys.executable, "-m", "pytest", "--pyargs", "spec.checks",
-        "-c", str(ini), "--rootdir", str(workdir),
+        *python_command(), "-c", BOOTSTRAP, ROOT, str(ready_fd),
+        "--pyargs", "spec.checks", "-c", "kvspec-grader.ini", "--rootdir", ".",
+        "--confcutdir", str(Path(ROOT) / "spec"),
         *_plugins(), "-p", "no:cacheprovider",
         "-q", "--tb=no", "--no-header", "-r", "N", "--color=no",
     ]  # fmt: skip
 
 
+def _xdist(jobs: int) -> list[str]:
+    """N xdist workers started with the same isolated interpreter as their controller."""
+    if jobs <= 0:
+        return []
+    return ["--dist", "load", "--tx", f"{jobs}*popen//python={shlex.join(python_command())}"]
+
+
 def _suite_options(target: Target, options: Options) -> list[str]:
     args = [f"--kvspec-profile={options.profile}", f"--kvspec-seed={options.seed}", f"--kvspec-isolation={options.isolation}"]
     if target.path is not None:
-        args.append(f"--kvspec-submission={target.path}")
+        args.append(f"--kvspec-submission={os.path.abspath(target.path)}")
     args.append(f"--kvspec-module={target.module}")
     if target.tensor is not None:
         args.append(f"--kvspec-tensor={target.tensor}")
@@ -131,7 +223,10 @@ class _Tail:
 
     def _run(self) -> None:
         while True:
-            chunk = os.read(self.pipe.fileno(), 65536)
+            try:
+                chunk = os.read(self.pipe.fileno(), 65536)
+            except OSError:
+                break
             if not chunk:
                 break
             self.chunks.append(chunk)
@@ -149,10 +244,40 @@ class _Tail:
         return text
 
 
+class _Head:
+    """Read a pipe to the end in a thread, keeping its first `cap` bytes (the verdict channel)."""
+
+    def __init__(self, fd: int, cap: int) -> None:
+        self.fd = fd
+        self.cap = cap
+        self.data = bytearray()
+        self.overflow = 0
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        try:
+            while True:
+                try:
+                    chunk = os.read(self.fd, 65536)
+                except OSError:
+                    return
+                if not chunk:
+                    return
+                room = self.cap - len(self.data)
+                self.data += chunk[: max(room, 0)]
+                self.overflow += max(len(chunk) - max(room, 0), 0)
+        finally:
+            os.close(self.fd)
+
+    def bytes(self, wait: float) -> bytes:
+        self.thread.join(timeout=wait)
+        return bytes(self.data)
+
+
 def become_subreaper() -> None:
     """Orphaned descendants (a submission's daemonised child) are re-parented to this
-    process instead of init, so `kill_descendants` can find them. Linux only; harmless
-    elsewhere."""
+    process instead of init, so `sweep` can find them. Linux only; harmless elsewhere."""
     global _subreaper
     if not sys.platform.startswith("linux"):
         return
@@ -164,43 +289,86 @@ def become_subreaper() -> None:
         pass
 
 
-def _children() -> list[int]:
-    me = os.getpid()
-    found = []
-    for entry in os.listdir("/proc"):
+def harden_self() -> None:
+    """Make this process non-dumpable (Linux): it will hold verdict keys. A same-user
+    process can then neither ptrace it nor read its memory or descriptors in /proc."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
+
+
+def _descendants() -> list[int]:
+    """Every live (not zombie) process below this one, from /proc."""
+    parents: dict[int, list[int]] = {}
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return []
+    for entry in entries:
         if not entry.isdigit():
             continue
         try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                fields = f.read().rpartition(b")")[2].split()
         except OSError:
             continue
-        fields = stat.rsplit(")", 1)[-1].split()  # state, ppid, ...
-        if len(fields) > 1 and fields[1] == str(me) and fields[0] != "Z":
-            found.append(int(entry))
+        if len(fields) > 1 and fields[0] != b"Z":
+            parents.setdefault(int(fields[1]), []).append(int(entry))
+    found: list[int] = []
+    todo = [os.getpid()]
+    while todo:
+        for child in parents.get(todo.pop(), []):
+            if child not in found:
+                found.append(child)
+                todo.append(child)
     return found
 
 
-def kill_descendants() -> int:
-    """SIGKILL every child of this process (with the subreaper flag: every descendant
-    left over from a run) and reap them. Only for the grader's own CLI process, whose
-    only children are the runs it started. Returns how many were killed."""
+def sweep(limit: float = SWEEP_LIMIT) -> int:
+    """Kill every process left in this process's tree (with the subreaper flag, every
+    descendant of every run, however it daemonised): freeze them all with SIGSTOP, rescan
+    until no new one appears (a chain that forks as it dies cannot outrun that), SIGKILL
+    the frozen, reap; repeat until none is left or `limit` seconds have passed. Only for
+    the grader's own CLI process, between runs, when no process of its own is running.
+    Returns how many processes were killed. (The isolation modes that confine a
+    submission to a namespace or a uid extend this with their own sweep.)"""
     if not _subreaper:
         return 0
-    killed = 0
-    for _ in range(100):
+    killed: set[int] = set()
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
         _reap()
-        children = _children()
-        if not children:
+        frozen: set[int] = set()
+        while time.monotonic() < deadline:
+            new = [pid for pid in _descendants() if pid not in frozen]
+            if not new:
+                break
+            for pid in new:
+                try:
+                    os.kill(pid, signal.SIGSTOP)
+                except (ProcessLookupError, PermissionError):
+                    pass
+                frozen.add(pid)
+        if not frozen:
             break
-        for pid in children:
+        for pid in frozen:
             try:
                 os.kill(pid, signal.SIGKILL)
-                killed += 1
-            except ProcessLookupError:
+            except (ProcessLookupError, PermissionError):
                 pass
-        time.sleep(0.05)
+        killed |= frozen
+        time.sleep(0.01)
+        _reap()
     _reap()
-    return killed
+    return len(killed)
+
+
+def kill_descendants() -> int:
+    """Kept for callers of the old name: `sweep()`."""
+    return sweep()
 
 
 def _reap() -> None:
@@ -221,12 +389,25 @@ def _kill_group(proc: "subprocess.Popen[bytes]") -> None:
         pass
 
 
+class _Scratch:
+    """A private (0700) scratch directory for one pytest run, removed without raising."""
+
+    def __init__(self, prefix: str) -> None:
+        self.path = private_dir(prefix)
+        self.problem: str | None = None
+
+    def __enter__(self) -> "_Scratch":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.problem = remove_tree(self.path)
+
+
 def collect(target: Target, options: Options) -> list[Check]:
     """The checks of the suite (runs pytest --collect-only; imports no submission code)."""
-    with tempfile.TemporaryDirectory(prefix="kvspec-collect-") as tmp:
-        workdir = Path(tmp)
-        manifest = workdir / "manifest.json"
-        cmd = _base_command(workdir) + ["--collect-only", f"--kvspec-grader-manifest={manifest}"]
+    with _Scratch("kvspec-") as scratch:
+        workdir = scratch.path
+        cmd = _base_command(workdir) + ["--collect-only", "--kvspec-grader-manifest=manifest.json"]
         cmd += _suite_options(target, options)
         try:
             proc = subprocess.run(
@@ -235,11 +416,15 @@ def collect(target: Target, options: Options) -> list[Check]:
             )  # fmt: skip
         except subprocess.TimeoutExpired:
             raise GraderError(f"collecting the checks took longer than {COLLECT_LIMIT:.0f} s") from None
-        if proc.returncode not in (0, 5) or not manifest.exists():
+        try:
+            raw = read_bounded(workdir / "manifest.json", MAX_MANIFEST) if proc.returncode in (0, 5) else None
+        except UnsafeFile:
+            raw = None
+        if raw is None:
             lines = [ln for ln in proc.stdout.decode(errors="replace").splitlines() if ln.strip()]
             detail = next((ln for ln in lines if "rror" in ln), lines[-1] if lines else "no output")
             raise GraderError(f"could not collect the checks (pytest exit {proc.returncode}): {detail.strip()}")
-        entries = json.loads(manifest.read_text())
+        entries = json.loads(raw)
     checks = [Check(e["nodeid"], e["name"], tuple(e["clauses"]), e["group"]) for e in entries]
     if not checks:
         raise GraderError("the suite has no checks (spec/checks collected nothing)")
@@ -250,14 +435,10 @@ def collect(target: Target, options: Options) -> list[Check]:
     ]
 
 
-def _read_stream(path: Path, key: bytes) -> tuple[dict[str, Verdict], int]:
+def parse_stream(raw: bytes, key: bytes) -> tuple[dict[str, Verdict], int]:
     """Verdicts whose HMAC checks, and how many lines did not."""
     verdicts: dict[str, Verdict] = {}
     rejected = 0
-    try:
-        raw = path.read_bytes()
-    except OSError:
-        return verdicts, 0
     for line in raw.decode("utf-8", errors="replace").splitlines():
         if not line.strip():
             continue
@@ -289,37 +470,73 @@ class _Phase:
     output: str
     returncode: int
     timed_out: bool
+    notes: list[str] = field(default_factory=list)
 
 
-def _run_pytest(target: Target, options: Options, group: str, select: bool, jobs: int, limit: float) -> _Phase:
+def _hardened(pid: int) -> bool:
+    """Linux: has process `pid` made itself non-dumpable? Its /proc files then belong to
+    root. (Running as root, the check says nothing and is skipped: root ignores it anyway.)"""
+    if not sys.platform.startswith("linux") or os.geteuid() == 0:
+        return True
+    try:
+        return os.stat(f"/proc/{pid}").st_uid == 0
+    except OSError:
+        return False
+
+
+def _hand_over_key(proc: "subprocess.Popen[bytes]", ready_r: int, key_w: int, key: bytes, limit: float) -> None:
+    """Wait for the run's ready byte (it is non-dumpable by then), check that it is, and
+    only then write the key. A run that dies or never gets ready gets no key."""
+    try:
+        ready, _, _ = select.select([ready_r], [], [], max(limit, 1.0))
+        if ready and os.read(ready_r, 1) == b"1" and _hardened(proc.pid):
+            os.write(key_w, key)
+    except OSError:
+        pass
+    finally:
+        os.close(ready_r)
+        os.close(key_w)
+
+
+def _run_pytest(target: Target, options: Options, group: str, select_group: bool, jobs: int, limit: float) -> _Phase:
     """One pytest run over the checks of `group` (select) or all but `group` (not select)."""
-    with tempfile.TemporaryDirectory(prefix="kvspec-run-") as run_tmp, tempfile.TemporaryDirectory(prefix="kvspec-grader-") as private_tmp:
-        workdir, private = Path(run_tmp), Path(private_tmp)
-        os.chmod(private, 0o700)
-        stream = private / "verdicts.jsonl"
+    notes: list[str] = []
+    killed = sweep()  # nothing of an earlier run may watch or touch this one
+    if killed:
+        notes.append(f"{killed} process(es) left running before this run started were killed.")
+    with _Scratch("kvspec-") as scratch:
+        workdir = scratch.path
         key = secrets.token_bytes(32)
-        read_fd, write_fd = os.pipe()
-        os.write(write_fd, key)
-        os.close(write_fd)
-        cmd = _base_command(workdir) + [
-            f"--kvspec-results={private / 'results.json'}",
-            f"--kvspec-grader-stream={stream}",
-            f"--kvspec-grader-key-fd={read_fd}",
-            f"--kvspec-grader-{'only' if select else 'skip'}-group={group}",
+        key_r, key_w = os.pipe()
+        ready_r, ready_w = os.pipe()
+        stream_r, stream_w = os.pipe()
+        cmd = _base_command(workdir, ready_w) + [
+            "--kvspec-results=results.json",
+            f"--kvspec-grader-stream-fd={stream_w}",
+            f"--kvspec-grader-key-fd={key_r}",
+            f"--kvspec-grader-{'only' if select_group else 'skip'}-group={group}",
             "-p", "no:randomly",
-        ] + (["-n", str(jobs)] if jobs > 0 else []) + _suite_options(target, options)  # fmt: skip
+        ] + _xdist(jobs) + _suite_options(target, options)  # fmt: skip
         try:
             proc = subprocess.Popen(
                 cmd, cwd=workdir, env=_environment(), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT, pass_fds=(read_fd,), start_new_session=True,
+                stderr=subprocess.STDOUT, pass_fds=(key_r, ready_w, stream_w), start_new_session=True,
             )  # fmt: skip
+        except BaseException:
+            for fd in (key_w, ready_r, stream_r):
+                os.close(fd)
+            raise
         finally:
-            os.close(read_fd)
+            for fd in (key_r, ready_w, stream_w):
+                os.close(fd)
         assert proc.stdout is not None
         tail = _Tail(proc.stdout)
+        stream = _Head(stream_r, MAX_STREAM)
+        start = time.monotonic()
         timed_out = False
         try:
-            proc.wait(timeout=max(limit, 1.0))
+            _hand_over_key(proc, ready_r, key_w, key, limit)
+            proc.wait(timeout=max(limit - (time.monotonic() - start), 1.0))
         except subprocess.TimeoutExpired:
             timed_out = True
             _kill_group(proc)
@@ -327,19 +544,27 @@ def _run_pytest(target: Target, options: Options, group: str, select: bool, jobs
         except BaseException:  # Ctrl-C: the run is in its own session and would outlive us
             _kill_group(proc)
             proc.wait()
-            kill_descendants()
+            sweep()
             raise
         _kill_group(proc)  # anything left in the run's process group
+        killed = sweep()  # and anywhere else in our tree: nothing may outlive its phase
+        if killed:
+            notes.append(f"{killed} process(es) left running after the run were killed.")
         output = tail.text()
-        verdicts, rejected = _read_stream(stream, key)
+        raw = stream.bytes(wait=5.0)
+        verdicts, rejected = parse_stream(raw, key)
+        if stream.overflow:
+            notes.append(f"{stream.overflow} bytes of verdicts past the {MAX_STREAM} allowed were ignored.")
+    if scratch.problem:
+        notes.append(scratch.problem)
     if proc.returncode == 4:  # pytest's usage error: our options, not the submission
         lines = [ln.strip() for ln in output.splitlines() if "rror" in ln]
         raise GraderError(f"the test run refused its options: {lines[0] if lines else 'pytest exit code 4'}")
-    return _Phase(verdicts, rejected, output, proc.returncode, timed_out)
+    return _Phase(verdicts, rejected, output, proc.returncode, timed_out, notes)
 
 
 def _describe(phase: _Phase, options: Options, total: int, limit: float) -> list[str]:
-    notes = []
+    notes = list(phase.notes)
     if phase.timed_out:
         notes.append(f"The grading run hit its time limit of {limit:.0f} s and was stopped; {len(phase.verdicts)} of {total} checks had finished.")
     elif phase.returncode not in (0, 1, 5):

@@ -6,12 +6,13 @@ process that runs submission code):
 * `--kvspec-grader-manifest=FILE` (with `--collect-only`): write the list of checks
   (nodeid, name, clauses, group) before any submission code has run. The grader scores
   against this list, so a check that never reports a verdict still counts, as failed.
-* `--kvspec-grader-stream=FILE --kvspec-grader-key-fd=N`: append one line per finished
-  check, the verdict and an HMAC over it. The key arrives on an inherited pipe that is
-  read and closed at configure time, before any worker exists; the path of FILE is
-  visible to anyone who can read this process's command line, so a line is believed
-  only if its HMAC checks. Lines are flushed as they are written, so if the run is
-  killed at its time limit the checks already finished keep their verdicts.
+* `--kvspec-grader-stream-fd=M --kvspec-grader-key-fd=N`: write one line per finished
+  check, the verdict and an HMAC over it, to the inherited pipe M (the grader holds its
+  other end; no path names it). The key arrives on the inherited pipe N, read and closed
+  at configure time, before any worker exists; the grader writes it only once this
+  process has made itself non-dumpable (spec/grader/run.py's bootstrap). A line is
+  believed only if its HMAC checks. Lines are flushed as they are written, so if the
+  run is killed at its time limit the checks already finished keep their verdicts.
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ def sign(key: bytes, verdict: dict[str, Any]) -> str:
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("kvspec-grader", "used by `python -m spec grade` only")
     group.addoption("--kvspec-grader-manifest", dest="kvspec_grader_manifest", default=None)
-    group.addoption("--kvspec-grader-stream", dest="kvspec_grader_stream", default=None)
+    group.addoption("--kvspec-grader-stream-fd", dest="kvspec_grader_stream_fd", default=None, type=int)
     group.addoption("--kvspec-grader-key-fd", dest="kvspec_grader_key_fd", default=None, type=int)
     group.addoption("--kvspec-grader-only-group", dest="kvspec_grader_only_group", default=None)
     group.addoption("--kvspec-grader-skip-group", dest="kvspec_grader_skip_group", default=None)
@@ -70,10 +71,11 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 class Stream:
-    def __init__(self, config: pytest.Config, path: Path, key: bytes) -> None:
+    def __init__(self, config: pytest.Config, fd: int, key: bytes) -> None:
         self.config = config
         self.key = key
-        self.file = open(path, "a", encoding="utf-8")
+        os.set_inheritable(fd, False)  # no worker of this run gets the verdict channel
+        self.file = os.fdopen(fd, "w", encoding="utf-8")
         self.sent: set[str] = set()
 
     def _collector(self) -> Collector | None:
@@ -128,11 +130,11 @@ def pytest_configure(config: pytest.Config) -> None:
     manifest = config.getoption("kvspec_grader_manifest")
     if manifest:
         config.pluginmanager.register(Manifest(Path(manifest)), "kvspec-grader-manifest")
-    stream = config.getoption("kvspec_grader_stream")
+    stream = config.getoption("kvspec_grader_stream_fd")
     fd = config.getoption("kvspec_grader_key_fd")
-    if stream and fd is not None:
+    if stream is not None and fd is not None:
         with os.fdopen(fd, "rb") as pipe:
             key = pipe.read(64)
         if len(key) < 32:
             raise pytest.UsageError("kvspec grader: no key on the key pipe")
-        config.pluginmanager.register(Stream(config, Path(stream), key), "kvspec-grader-stream")
+        config.pluginmanager.register(Stream(config, stream, key), "kvspec-grader-stream")

@@ -80,7 +80,10 @@ OUTPUT_HEAD = OUTPUT_TAIL = 32 * 1024
 EXIT_GRACE = 2.0  # seconds to wait for an exit status after the worker closed its pipe
 # The worker's environment is built from these (and LC_*), not copied: the grader's own
 # settings (KVSPEC_RESULTS, PYTEST_*, HYPOTHESIS_*) and any secrets stay out of its os.environ.
-INHERITED_ENV = ("PATH", "HOME", "USER", "LOGNAME", "LANG", "LANGUAGE", "TZ", "TMPDIR", "TEMP", "TMP", "SYSTEMROOT", "COVERAGE_PROCESS_START")
+# PYTHONPYCACHEPREFIX: the grader's private bytecode cache (spec/grader/run.py), never a
+# __pycache__ beside the installed sources, where a submission could have planted a .pyc.
+INHERITED_ENV = ("PATH", "HOME", "USER", "LOGNAME", "LANG", "LANGUAGE", "TZ", "TMPDIR", "TEMP", "TMP", "SYSTEMROOT", "COVERAGE_PROCESS_START",
+                 "PYTHONPYCACHEPREFIX")
 # Targets whose import hung past the import timeout in this process: later drivers fail at
 # once instead of each waiting out the same hang (an import is the same in every check).
 _IMPORT_HANGS: dict[Target, str] = {}
