@@ -61,20 +61,17 @@ PR_SET_DUMPABLE = 4
 _subreaper = False  # set by become_subreaper(): only the grader's CLI process kills leftovers
 ROOT = str(Path(__file__).resolve().parents[2])  # the directory holding the grader's `spec` and `reference`
 
-# The first code of every grader pytest process (python -I -c BOOTSTRAP ROOT READY_FD ...):
-# non-dumpable before it holds anything (a same-user process can then neither ptrace it
-# nor open its /proc/<pid>/fd or mem), then the grader's install root first on sys.path,
-# then one byte on the ready pipe: only after that does the grader write the key.
+# The first code of every grader pytest process (python -I -c BOOTSTRAP ROOT ...):
+# non-dumpable before it holds anything (a same-user, non-root process can then neither
+# ptrace it nor open its /proc/<pid>/fd or mem), then the grader's install root first on
+# sys.path. The stream plugin (spec/grader/stream.py) then sends one byte on the ready
+# pipe at configure time and reads the key, which the grader writes only on that byte.
 BOOTSTRAP = """\
-import os, sys
+import sys
 if sys.platform.startswith("linux"):
     import ctypes
     ctypes.CDLL(None, use_errno=True).prctl(%d, 0, 0, 0, 0)
 sys.path.insert(0, sys.argv.pop(1))
-_ready = int(sys.argv.pop(1))
-if _ready >= 0:
-    os.write(_ready, b"1")
-    os.close(_ready)
 import pytest
 sys.exit(pytest.console_main())
 """ % PR_SET_DUMPABLE
@@ -181,11 +178,11 @@ def _plugins() -> list[str]:
     return args
 
 
-def _base_command(workdir: Path, ready_fd: int = -1) -> list[str]:
+def _base_command(workdir: Path) -> list[str]:
     """pytest in `workdir` (its cwd; every path on the command line is relative to it)."""
     (workdir / "kvspec-grader.ini").write_text("[pytest]\n")
     return [
-        *python_command(), "-c", BOOTSTRAP, ROOT, str(ready_fd),
+        *python_command(), "-c", BOOTSTRAP, ROOT,
         "--pyargs", "spec.checks", "-c", "kvspec-grader.ini", "--rootdir", ".",
         "--confcutdir", str(Path(ROOT) / "spec"),
         *_plugins(), "-p", "no:cacheprovider",
@@ -479,7 +476,7 @@ def _hardened(pid: int) -> bool:
     if not sys.platform.startswith("linux") or os.geteuid() == 0:
         return True
     try:
-        return os.stat(f"/proc/{pid}").st_uid == 0
+        return os.stat(f"/proc/{pid}/fd").st_uid == 0
     except OSError:
         return False
 
@@ -510,10 +507,11 @@ def _run_pytest(target: Target, options: Options, group: str, select_group: bool
         key_r, key_w = os.pipe()
         ready_r, ready_w = os.pipe()
         stream_r, stream_w = os.pipe()
-        cmd = _base_command(workdir, ready_w) + [
+        cmd = _base_command(workdir) + [
             "--kvspec-results=results.json",
             f"--kvspec-grader-stream-fd={stream_w}",
             f"--kvspec-grader-key-fd={key_r}",
+            f"--kvspec-grader-ready-fd={ready_w}",
             f"--kvspec-grader-{'only' if select_group else 'skip'}-group={group}",
             "-p", "no:randomly",
         ] + _xdist(jobs) + _suite_options(target, options)  # fmt: skip

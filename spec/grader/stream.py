@@ -9,8 +9,9 @@ process that runs submission code):
 * `--kvspec-grader-stream-fd=M --kvspec-grader-key-fd=N`: write one line per finished
   check, the verdict and an HMAC over it, to the inherited pipe M (the grader holds its
   other end; no path names it). The key arrives on the inherited pipe N, read and closed
-  at configure time, before any worker exists; the grader writes it only once this
-  process has made itself non-dumpable (spec/grader/run.py's bootstrap). A line is
+  at configure time, before any worker exists: this process sends one byte on the ready
+  pipe (--kvspec-grader-ready-fd) and the grader, having checked that it is non-dumpable
+  (spec/grader/run.py's bootstrap made it so), only then writes the key. A line is
   believed only if its HMAC checks. Lines are flushed as they are written, so if the
   run is killed at its time limit the checks already finished keep their verdicts.
 """
@@ -48,6 +49,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--kvspec-grader-manifest", dest="kvspec_grader_manifest", default=None)
     group.addoption("--kvspec-grader-stream-fd", dest="kvspec_grader_stream_fd", default=None, type=int)
     group.addoption("--kvspec-grader-key-fd", dest="kvspec_grader_key_fd", default=None, type=int)
+    group.addoption("--kvspec-grader-ready-fd", dest="kvspec_grader_ready_fd", default=None, type=int)
     group.addoption("--kvspec-grader-only-group", dest="kvspec_grader_only_group", default=None)
     group.addoption("--kvspec-grader-skip-group", dest="kvspec_grader_skip_group", default=None)
 
@@ -132,7 +134,11 @@ def pytest_configure(config: pytest.Config) -> None:
         config.pluginmanager.register(Manifest(Path(manifest)), "kvspec-grader-manifest")
     stream = config.getoption("kvspec_grader_stream_fd")
     fd = config.getoption("kvspec_grader_key_fd")
+    ready = config.getoption("kvspec_grader_ready_fd")
     if stream is not None and fd is not None:
+        if ready is not None:  # the grader writes the key only after this byte (and a check that we are non-dumpable)
+            os.write(ready, b"1")
+            os.close(ready)
         with os.fdopen(fd, "rb") as pipe:
             key = pipe.read(64)
         if len(key) < 32:
