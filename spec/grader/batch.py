@@ -24,7 +24,8 @@ from pathlib import Path
 from typing import Any
 
 from spec.clauses import BY_ID, GROUPS
-from spec.discovery import CANDIDATE_MODULES, DiscoveryError, find_target
+from spec.discovery import CANDIDATE_MODULES
+from spec.grader import forms
 from spec.grader.grade import Grade, TestScore
 from spec.grader.rubric import Check, clause_order, fmt
 from spec.grader.safe_io import UnsafeFile, read_bounded
@@ -47,21 +48,15 @@ def _has_module(root: Path, module: str | None) -> bool:
     return False
 
 
-def _discoverable(path: Path, module: str | None) -> bool:
-    try:
-        find_target(str(path), module)
-    except DiscoveryError:
-        return False
-    return True
-
-
 def class_members(root: Path, module: str | None) -> list[Path] | None:
-    """The submissions in a class directory, or None if `root` is one submission."""
+    """The submissions in a class directory, or None if `root` is one submission. A member
+    is a subdirectory, or an archive or notebook file (spec.grader.forms)."""
     if _has_module(root, module):
         return None
-    subdirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith((".", "__")))
-    if sum(_discoverable(p, module) for p in subdirs) >= 2:
-        return subdirs
+    entries = sorted(p for p in root.iterdir() if not p.name.startswith((".", "__")))
+    members = [p for p in entries if p.is_dir() or forms.recognisable(p, module)]
+    if sum(forms.recognisable(p, module) for p in members) >= 2:
+        return members
     return None
 
 

@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import NoReturn, Sequence
 
 from spec import profiles
-from spec.discovery import DiscoveryError, Target, find_target
-from spec.grader import batch, reports
+from spec.discovery import Target
+from spec.grader import batch, forms, reports
 from spec.grader.grade import Grade, failed_run, score
 from spec.grader.rubric import Check, Rubric, RubricError, fmt
 from spec.grader.rubric import load as load_rubric
@@ -43,10 +43,12 @@ def parser() -> argparse.ArgumentParser:
         description="Grade KV-cache submissions against the kvspec suite and write Gradescope, JUnit and Markdown reports.",
         epilog="Exit codes: 0 graded; 1 graded below --fail-under; 2 the grader could not run.",
     )
-    p.add_argument("submissions", nargs="*", metavar="SUBMISSION_DIR",
-                   help="a submission directory, several, or one directory of submissions (none: the bundled reference)")
+    p.add_argument("submissions", nargs="*", metavar="SUBMISSION",
+                   help="a submission (a folder, a notebook, a zip or tar archive), several, or one folder of submissions (none: the bundled reference)")
     p.add_argument("--module", metavar="DOTTED", help="dotted name of the cache module (default: discovered)")
     p.add_argument("--tensor", metavar="DOTTED:NAME", help="the Tensor class (default: the module's Tensor, else the reference's)")
+    p.add_argument("--tensor-file", metavar="PATH.py",
+                   help="the course's Tensor module, used for a submission whose own Tensor module is missing or does not compile")
     p.add_argument("--out", metavar="DIR", default="grade-report", help="where the reports go (default: ./grade-report/)")
     p.add_argument("--seed", metavar="N", type=int, default=profiles.DEFAULT_SEED, help=f"seed of the examples (default: {profiles.DEFAULT_SEED})")
     p.add_argument("--profile", choices=profiles.PROFILES, default=profiles.DEFAULT_PROFILE, help="how many examples per check (default: default)")
@@ -73,6 +75,12 @@ def _args(argv: Sequence[str]) -> argparse.Namespace:
         raise UsageError(f"--time-limit must be a positive number of seconds, not {args.time_limit}")
     if args.tensor is not None and ":" not in args.tensor:
         raise UsageError(f"--tensor takes dotted.module:ClassName, got {args.tensor!r}")
+    if args.tensor_file is not None:
+        if args.tensor is not None:
+            raise UsageError("give --tensor or --tensor-file, not both")
+        if not Path(args.tensor_file).is_file() or not args.tensor_file.endswith(".py"):
+            raise UsageError(f"--tensor-file takes a Python file holding the course's Tensor class, got {args.tensor_file!r}")
+        args.tensor_file = str(Path(args.tensor_file).resolve())
     return args
 
 
@@ -80,13 +88,13 @@ def _members(args: argparse.Namespace) -> tuple[list[batch.Member], bool]:
     """(submissions, is_batch). Raises UsageError for missing directories and, for a
     single submission, for a directory without a cache module."""
     for d in args.submissions:
-        if not Path(d).is_dir():
-            raise UsageError(f"submission directory {d!r} does not exist or is not a directory")
+        if not Path(d).exists():
+            raise UsageError(f"submission {d!r} does not exist")
     if not args.submissions:
         return [batch.Member("reference", "")], False
     if len(args.submissions) == 1:
         root = Path(args.submissions[0])
-        found = batch.class_members(root, args.module)
+        found = batch.class_members(root, args.module) if root.is_dir() else None
         if found is None:
             _target(args.submissions[0], args)  # a single submission must be found, or exit 2
             return batch.name_members([root]), False
@@ -96,26 +104,26 @@ def _members(args: argparse.Namespace) -> tuple[list[batch.Member], bool]:
 
 def _target(path: str, args: argparse.Namespace) -> Target:
     try:
-        return find_target(path or None, args.module, args.tensor)
-    except DiscoveryError as exc:
+        with forms.prepared(path, args.module, args.tensor, args.tensor_file) as prepared:
+            return prepared.target
+    except forms.FormError as exc:
         raise UsageError(str(exc)) from None
 
 
 def _grade_one(member: batch.Member, args: argparse.Namespace, checks: list[Check], rubric: Rubric, options: Options) -> Grade:
     start = time.monotonic()
     try:
-        target = find_target(member.path or None, args.module, args.tensor)
-    except DiscoveryError as exc:
-        target = Target(member.path, args.module or "?", args.tensor)
-        result: RunResult = failed_run(checks, str(exc))
-    else:
-        result = run_suite(target, checks, options)
+        with forms.prepared(member.path, args.module, args.tensor, args.tensor_file) as prepared:
+            target, tensor, form = prepared.target, prepared.tensor, prepared.form
+            result: RunResult = run_suite(target, checks, options)
+    except forms.FormError as exc:
+        target, tensor, form = Target(member.path, args.module or "?", args.tensor), "not known", [str(exc)]
+        result = failed_run(checks, str(exc))
     killed = sweep()
     notes = list(result.notes)
     if killed:
         notes.append(f"{killed} process(es) left running after the run were killed.")
     tests, unscored = score(result, rubric)
-    tensor = target.tensor or "the module's Tensor, else reference.tensor:Tensor"
     return Grade(
         submission=member.name,
         path=member.path,
@@ -126,6 +134,7 @@ def _grade_one(member: batch.Member, args: argparse.Namespace, checks: list[Chec
         isolation=options.isolation,
         rubric=rubric.name if rubric.source == "default" else f"{rubric.name} ({rubric.source})",
         tests=tests,
+        form=form,
         notes=notes,
         unscored=unscored,
         execution_time=time.monotonic() - start,

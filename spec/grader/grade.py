@@ -31,6 +31,7 @@ class Grade:
     isolation: str
     rubric: str
     tests: list[TestScore]
+    form: list[str] = field(default_factory=list)  # how it was handed in, what the grader made of it (spec.grader.forms)
     notes: list[str] = field(default_factory=list)
     unscored: list[str] = field(default_factory=list)  # groups with points but no checks
     execution_time: float = 0.0

@@ -128,7 +128,9 @@ def header_lines(grade: Grade) -> list[str]:
     where = grade.path or "the bundled reference"
     return [
         f"submission: {where}",
-        f"module: {grade.module} (Tensor: {grade.tensor})",
+        *(f"form: {line}" for line in grade.form),
+        f"module: {grade.module}",
+        f"Tensor: {grade.tensor}",
         f"profile: {grade.profile}, seed: {grade.seed}, isolation: {grade.isolation}, rubric: {grade.rubric}",
     ]
 
