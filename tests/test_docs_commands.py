@@ -162,7 +162,10 @@ def check_what_the_doc_says(command: Command, cwd: Path, proc: subprocess.Comple
     if text.startswith("python -m spec grade") and "class/" not in text:
         m = re.search(r"--out (\S+)", text)
         data = reports_agree(cwd / (m.group(1) if m else "grade-report"))
-        if "examples/buggy-submission" not in text:  # the reference: full marks
+        if "examples/buggy-notebook" in text:  # the same two bugs, handed in as notebooks
+            assert "form: notebook modules/18_memoization/memoization.ipynb exported by the grader" in proc.stdout
+            assert "Tensor: tinytorch.core.tensor:Tensor, the submission's own, exported from" in proc.stdout
+        if "examples/buggy-" not in text:  # the reference: full marks
             assert data["score"] == 100 and all(t["status"] == "passed" for t in data["tests"])
             assert "kvspec grade: reference: 100/100 points" in proc.stdout and "failing checks: none" in proc.stdout
         else:

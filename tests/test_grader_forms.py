@@ -259,6 +259,17 @@ def test_unsafe_tar_members_are_refused(tmp_path: Path, member: tarfile.TarInfo,
             pass
 
 
+def test_links_in_a_zip_are_refused(tmp_path: Path) -> None:
+    archive = tmp_path / "link.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        info = zipfile.ZipInfo("tinytorch/perf/memoization.py")
+        info.external_attr = (stat.S_IFLNK | 0o777) << 16
+        zf.writestr(info, "/etc/passwd")
+    with pytest.raises(forms.FormError, match="member 'tinytorch/perf/memoization.py' is a link or a special file"):
+        with forms.prepared(str(archive)):
+            pass
+
+
 def test_archive_caps(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     files = {f"tinytorch/m{i}.py": "x = 1\n" * 50 for i in range(20)}
     monkeypatch.setattr(forms, "MAX_FILES", 10)

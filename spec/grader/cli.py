@@ -85,8 +85,8 @@ def _args(argv: Sequence[str]) -> argparse.Namespace:
 
 
 def _members(args: argparse.Namespace) -> tuple[list[batch.Member], bool]:
-    """(submissions, is_batch). Raises UsageError for missing directories and, for a
-    single submission, for a directory without a cache module."""
+    """(submissions, is_batch). Raises UsageError for missing paths and, for a single
+    submission, for one without a cache module or that cannot be read (spec.grader.forms)."""
     for d in args.submissions:
         if not Path(d).exists():
             raise UsageError(f"submission {d!r} does not exist")
@@ -96,16 +96,16 @@ def _members(args: argparse.Namespace) -> tuple[list[batch.Member], bool]:
         root = Path(args.submissions[0])
         found = batch.class_members(root, args.module) if root.is_dir() else None
         if found is None:
-            _target(args.submissions[0], args)  # a single submission must be found, or exit 2
+            _check_form(args.submissions[0], args)  # a single submission must be readable, or exit 2
             return batch.name_members([root]), False
         return batch.name_members(found), True
     return batch.name_members([Path(d) for d in args.submissions]), True
 
 
-def _target(path: str, args: argparse.Namespace) -> Target:
+def _check_form(path: str, args: argparse.Namespace) -> None:
     try:
-        with forms.prepared(path, args.module, args.tensor, args.tensor_file) as prepared:
-            return prepared.target
+        with forms.prepared(path, args.module, args.tensor, args.tensor_file):
+            pass
     except forms.FormError as exc:
         raise UsageError(str(exc)) from None
 
