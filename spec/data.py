@@ -22,6 +22,16 @@ NOISE_SOURCE = '''def noise(seed, shape):
     """Standard normal values from a seeded generator."""
     return Tensor(np.random.default_rng(seed).standard_normal(shape).astype(np.float32))'''
 
+ATTEND_SOURCE = '''def attend(query, keys, values, key, value):
+    """What a cached attention layer computes: one query token over the cached keys and
+    values (keys, values: what get returned, as arrays) plus the current token's."""
+    q = query.data[:, :, 0, :].astype(np.float64)
+    k = np.concatenate([keys, key.data], axis=2).astype(np.float64)
+    v = np.concatenate([values, value.data], axis=2).astype(np.float64)
+    scores = np.einsum("bhd,bhsd->bhs", q, k) / np.sqrt(q.shape[-1])
+    weights = np.exp(scores - scores.max(axis=-1, keepdims=True))
+    return np.einsum("bhs,bhsd->bhd", weights / weights.sum(axis=-1, keepdims=True), v)'''
+
 
 @dataclass(frozen=True)
 class Pattern:

@@ -10,17 +10,19 @@ drivers), and the file is read back only after the run ends.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
+import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Generator
 
 import pytest
 
-from spec.clauses import group_of
+from spec.clauses import BY_ID, group_of
 from spec.isolation.driver import GraderFault, SubmissionCrashed, SubmissionRaised, SubmissionUnavailable
-from spec.session import SpecFailure
+from spec.session import EXAMPLE_INTRO, SpecFailure
 
 MAX_OUTPUT = 20_000
 
@@ -41,7 +43,7 @@ def explain(exc: BaseException, clauses: list[str]) -> str:
     """The student-facing message for a failed check."""
     cited = ", ".join(clauses)
     script = getattr(exc, "kvspec_script", "")
-    example = f"\nMinimal example (run it from your submission's directory):\n{script}" if script else ""
+    example = f"\n{EXAMPLE_INTRO}\n{script}" if script else ""
     if isinstance(exc, SpecFailure):
         return str(exc)
     if isinstance(exc, GraderFault):
@@ -51,25 +53,68 @@ def explain(exc: BaseException, clauses: list[str]) -> str:
     if isinstance(exc, SubmissionCrashed):
         return f"[{cited}] could not be checked: your code's process {exc.kind}: {exc.detail}{example}"
     if isinstance(exc, SubmissionRaised):
-        return (
-            f"[{cited}] your code raised {exc.type_name}: {exc.message}\n"
-            f"(no exception was expected here)\n{exc.traceback}{example}"
-        ).rstrip()
+        parts = [f"[{cited}] your code raised {exc.type_name}: {exc.message}", "(no exception was expected here)"]
+        parts += [f"Clause:   [{c.id}] {c.level}: {c.text}" for c in map(BY_ID.get, clauses) if c is not None]
+        parts.append(f"Hint:     {RAISED_HINT}")
+        parts += [f"Why:      {c.why}" for c in map(BY_ID.get, clauses) if c is not None]
+        tb = own_frames(exc.traceback)
+        return "\n".join(parts + ([tb] if tb else [])).rstrip() + example
     return f"[{cited}] the check itself failed ({type(exc).__name__}: {exc}); please report this to the course staff"
 
 
+RAISED_HINT = (
+    "the example's last call raised. The checks make only calls the spec allows (a full cache, a bad "
+    "layer or shape only where a clause asks for the error), so the error is your code's: the traceback "
+    "below shows where. Run the example to see it."
+)
+_GRADER_DIR = str(Path(__file__).resolve().parent) + os.sep
+_FRAME = re.compile(r'^  File "([^"]*)", line \d+')
+
+
+def own_frames(traceback: str) -> str:
+    """A submission's traceback without the grader's own frames (files under spec/): what
+    the student needs is the path through their code (and the grader's model, which calls it)."""
+    out: list[str] = []
+    skipping = False
+    for line in traceback.splitlines():
+        frame = _FRAME.match(line)
+        if frame:
+            skipping = frame.group(1).startswith(_GRADER_DIR)
+        elif not line.startswith("    "):
+            skipping = False
+        if not skipping:
+            out.append(line)
+    return "\n".join(out)
+
+
 OUTPUT_EXCERPT = 4_000  # characters kept from each end of a worker's captured output
+OUTPUT_LINES = 12  # lines kept from each end of it, after collapsing repeats
+OUTPUT_LINE_WIDTH = 240
+
+
+def cap_output(text: str, lines: int = OUTPUT_LINES, width: int = OUTPUT_LINE_WIDTH) -> str:
+    """A failure's share of what the worker printed: runs of identical lines collapsed into
+    one with a count, long lines cut, and only the first and last `lines` lines kept."""
+    collapsed = []
+    for line, run in itertools.groupby(text.splitlines()):
+        count = len(list(run))
+        shown = line if len(line) <= width else line[:width] + f" [... {len(line) - width} more characters]"
+        collapsed.append(shown + (f"   [this line {count} times in a row]" if count > 1 else ""))
+    if len(collapsed) > 2 * lines:
+        cut = len(collapsed) - 2 * lines
+        collapsed = collapsed[:lines] + [f"[... {cut} more lines ...]"] + collapsed[-lines:]
+    return "\n".join(collapsed)
 
 
 def captured_output(item: pytest.Item) -> str:
-    """What the check's isolated worker printed (its start and end), or "" (in-process drivers capture nothing)."""
+    """What the check's isolated worker printed (capped: cap_output), or "" (in-process drivers capture nothing)."""
     read = getattr(getattr(item, "_kvspec_driver", None), "captured_output", None)
     text = read() if callable(read) else ""
     if not isinstance(text, str) or not text.strip():
         return ""
     if len(text) > 2 * OUTPUT_EXCERPT:
         text = f"{text[:OUTPUT_EXCERPT]}\n[... output cut ...]\n{text[-OUTPUT_EXCERPT:]}"
-    return text
+    return cap_output(text)
 
 
 class Collector:
@@ -95,7 +140,7 @@ class Collector:
             message = explain(call.excinfo.value, clauses)
             output = captured_output(item)
             if output:
-                message = message[: MAX_OUTPUT - 2 * OUTPUT_EXCERPT - 200] + f"\n\nWhat your code printed (stdout and stderr):\n{output}"
+                message = message[: MAX_OUTPUT - len(output) - 100] + f"\n\nWhat your code printed (stdout and stderr):\n{output}"
             report.user_properties.append(("kvspec_message", message[:MAX_OUTPUT]))
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:

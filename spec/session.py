@@ -9,6 +9,7 @@ is the one whose failure is reported, so the script is the minimal one.
 
 from __future__ import annotations
 
+import re
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Callable, Iterator, TypeVar
@@ -16,7 +17,7 @@ from typing import Callable, Iterator, TypeVar
 import numpy as np
 
 from spec.clauses import BY_ID
-from spec.data import NOISE_SOURCE, PATTERN_SOURCE, Data
+from spec.data import ATTEND_SOURCE, NOISE_SOURCE, PATTERN_SOURCE, Data
 from spec.isolation.driver import (
     CacheId,
     Driver,
@@ -79,17 +80,47 @@ class Script:
         if self.uses_model:
             out.append("from reference.gpt import GPT  # the grader's model (pip install kvspec)")
         code = "\n".join(body)
-        for helper, source in (("pattern(", PATTERN_SOURCE), ("noise(", NOISE_SOURCE)):
+        for helper, source in (("pattern(", PATTERN_SOURCE), ("noise(", NOISE_SOURCE), ("attend(", ATTEND_SOURCE)):
             if helper in code:
                 out += ["", source]
         return out + [""]
 
-    def render(self, last: str | None = None) -> str:
+    def render(self, last: str | None = None, show: str | None = None) -> str:
+        """The example as a script that runs pasted as-is (into a file, or `python -`):
+        unindented, between two comment lines that mark where it starts and ends, and
+        ending with `show` (the print of the wrong value) when there is one."""
         if last and self.lines and self.lines[-1].endswith(last):
             last = None  # the failing call is already the script's last line
-        body = self.lines + ([last] if last else [])
-        text = "\n".join(self.prelude(body) + body)
-        return "\n".join("    " + line if line else "" for line in text.split("\n"))
+        body = self.lines + ([last] if last else []) + ([show] if show else [])
+        return "\n".join([EXAMPLE_START] + self.prelude(body) + body + [EXAMPLE_END])
+
+
+EXAMPLE_INTRO = "Minimal example (paste it into a file, or into `python -`, in your submission's directory):"
+EXAMPLE_START = "# ---- kvspec minimal example ----"
+EXAMPLE_END = "# ---- end of the example ----"
+_ASSIGNED = re.compile(r"^([A-Za-z_]\w*(?:\s*,\s*[A-Za-z_]\w*)*)\s*=[^=]")
+_PRINTED = re.compile(r"^print\((.*)\)$")
+
+
+def show_line(call: str | None, got: object, show: str | None = None) -> str | None:
+    """The script's last line: a print of what came back, so that running the example
+    shows the wrong value. `show` names the expression the check compared (e.g.
+    `keys.data[:, :, 2, :]`); without it, the failing call's result is printed whole."""
+    if show:
+        return f"print(\"got:\", {show})"
+    if isinstance(got, str) and got == "no exception":
+        return "print(\"got: no exception (the call above returned normally)\")"
+    if not call:
+        return None
+    head = call.split("  #", 1)[0].strip()
+    printed = _PRINTED.match(head)
+    if printed:
+        return f"print(\"got:\", {printed.group(1)})"
+    assigned = _ASSIGNED.match(head)
+    if assigned:
+        names = [n.strip() for n in assigned.group(1).split(",")]
+        return "print(\"got:\", " + ", ".join(f"{n}.data" for n in names) + ")"
+    return None
 
 
 class Session:
@@ -129,8 +160,10 @@ class Session:
         return name
 
     # -- failing -----------------------------------------------------------------------
-    def fail(self, clause: str, expected: object, got: object, call: str | None = None, hint: str = "") -> SpecFailure:
-        """Build the failure (raise it: `raise s.fail(...)`)."""
+    def fail(self, clause: str, expected: object, got: object, call: str | None = None, hint: str = "",
+             show: str | None = None) -> SpecFailure:
+        """Build the failure (raise it: `raise s.fail(...)`). `show`: the expression, in the
+        script's names, whose value is `got` (printed at the end of the example)."""
         c = BY_ID[clause]
         call = call or self._last_query
         parts = [f"[{c.id}] {c.level}: {c.text}"]
@@ -141,8 +174,8 @@ class Session:
         if hint:
             parts.append(f"Hint:     {hint}")
         parts.append("Why:      " + c.why)
-        parts.append("Minimal example (run it from your submission's directory):")
-        parts.append(self.script.render(call))
+        parts.append(EXAMPLE_INTRO)
+        parts.append(self.script.render(call, show_line(call, got, show)))
         return SpecFailure(clause, "\n".join(parts))
 
     @contextmanager

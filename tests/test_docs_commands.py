@@ -183,7 +183,7 @@ def check_what_the_doc_says(command: Command, cwd: Path, proc: subprocess.Comple
         assert not (cwd / "grade-report" / "results.json").exists()
     if command.doc == "students.md" and text.startswith("python -m spec grade"):
         # The counterexample quoted in students.md is what this very command reports.
-        quoted = fenced_blocks((DOCS / "students.md").read_text(), "text")
+        quoted = fenced_blocks((DOCS / "students.md").read_text(), "text") + fenced_blocks((DOCS / "students.md").read_text(), "python")
         assert quoted, "students.md quotes no failure message"
         report = (cwd / "grade-report" / "report.md").read_text()
         for block in quoted:

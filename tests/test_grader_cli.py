@@ -123,7 +123,8 @@ def test_buggy_submission_below_fail_under_exits_1(buggy_runs: dict[str, Any]) -
     failed = {t["tags"][-1] for t in data["tests"] if t["status"] == "failed"}
     assert {"get", "reset"} <= failed
     report = (out / "report.md").read_text()
-    assert "Minimal example (run it from your submission's directory):" in report
+    assert "Minimal example (paste it into a file, or into `python -`, in your submission's directory):" in report
+    assert "```python\n# ---- kvspec minimal example ----\nimport numpy as np\n" in report
     assert "from tinytorch.perf.memoization import KVCache" in report
 
 

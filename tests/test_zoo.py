@@ -30,6 +30,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from tests.zoo.replay import first_examples  # noqa: E402
 from tests.zoo.runner import grade, materialize_all, run_zoo  # noqa: E402
 from tests.zoo.variants import Edit, Variant, ZooError, apply, by_kind, check_registry, diff, registry  # noqa: E402
 
@@ -94,6 +95,13 @@ def test_zoo(tmp_path_factory: pytest.TempPathFactory) -> None:
     text += "\n\nDeterminism ({0} graded again with --jobs {1}, and with --jobs {2}): {3}".format(
         ", ".join(DETERMINISM), JOBS, OTHER_JOBS, "identical" if not unstable else "; ".join(unstable))
     text += f" ({max(repeat.wall, other_jobs.wall):.0f} s more)"
+    # Every bug's minimal example, pasted verbatim into `python -` in its directory, shows the failure.
+    bugs = {n: v.expect_fail_groups for n, v in variants.items() if v.kind == "bug"}
+    replays = first_examples(root / "out", root / "submissions", sorted(bugs), bugs)
+    not_replayed = [f"{r.submission}: {r.check}: {why}\n{r.script}" for r in replays if (why := r.problem()) is not None]
+    without = sorted(set(bugs) - {r.submission for r in replays})
+    text += (f"\n\nMinimal examples replayed (one per bug, pasted into `python -`): {len(replays) - len(not_replayed)} of "
+             f"{len(replays)} show the failure; bugs without an example: {without or 'none'}")
     print("\n" + text)
     if os.environ.get("KVSPEC_ZOO_TABLE"):
         Path(os.environ["KVSPEC_ZOO_TABLE"]).write_text(text + "\n")
@@ -105,3 +113,4 @@ def test_zoo(tmp_path_factory: pytest.TempPathFactory) -> None:
     bad_twins = [x for x in verdicts if x.variant.kind == "twin" and x.outcome != "caught"]
     assert not bad and not bad_twins, text
     assert not unstable, text
+    assert not not_replayed and not without, "\n\n".join(not_replayed) + f"\nwithout an example: {without}"

@@ -66,12 +66,13 @@ class Snapshot:
             for kind, name in enumerate(("keys", "values")):
                 a, b = mine[kind], theirs[kind]
                 if a.shape != b.shape:
-                    return Difference(f"get({layer}) {name} shape", read, a.shape, b.shape)
+                    return Difference(f"get({layer}) {name} shape", read, a.shape, b.shape, f"{name}.data.shape")
                 if not np.array_equal(a, b):
                     if a.ndim < 3:
-                        return Difference(f"get({layer}) {name}", read, a, b)
+                        return Difference(f"get({layer}) {name}", read, a, b, f"{name}.data")
                     p = next(p for p in range(a.shape[2]) if not np.array_equal(a[:, :, p], b[:, :, p]))
-                    return Difference(f"get({layer}) {name}[:, :, {p}, :]", read, a[:, :, p], b[:, :, p])
+                    return Difference(f"get({layer}) {name}[:, :, {p}, :]", read, a[:, :, p], b[:, :, p],
+                                      f"{name}.data[:, :, {p}, :]")
         return None
 
 
@@ -81,6 +82,7 @@ class Difference:
     read: str  # the call that shows it: "seq_pos" or "get(1)"
     expected: object
     got: object
+    show: str | None = None  # the expression, after `call`, whose value is `got` (None: the call prints it)
 
     def call(self, cache: CacheRef) -> str:
         """The line a student runs to see it."""

@@ -65,8 +65,10 @@ def test_cached_attention_equals_full_causal_attention(driver: Driver, config: C
             past = cache.get(layer)
             full = [np.concatenate(a, axis=2) for a in (queries[layer], *history[layer])]
             expected = causal_attention(*full)[:, :, t, :]
+            show = f"attend({q.code()}, keys.data, values.data, {k.code()}, {v.code()})"
             if past[0].shape != config.prefix_shape(t) or past[1].shape != config.prefix_shape(t):
                 got: object = f"get returned shapes {past[0].shape}, {past[1].shape}"
+                show = "keys.data.shape, values.data.shape"
             else:
                 keys = np.concatenate([past[0], k.array()], axis=2)
                 values = np.concatenate([past[1], v.array()], axis=2)
@@ -78,5 +80,6 @@ def test_cached_attention_equals_full_causal_attention(driver: Driver, config: C
                 "KV-ATT-1", expected, got,
                 hint=f"step {t}, layer {layer}, query {q.code()}: "
                 + diagnose(past, history[layer], t, config.prefix_shape(t)),
+                show=show,
             )
         cache.advance()

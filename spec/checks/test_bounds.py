@@ -80,7 +80,7 @@ def test_update_on_a_full_cache_raises_naming_the_limit(driver: Driver, config: 
         if not exc.is_a("ValueError"):
             raise s.fail("KV-BND-3", "ValueError", f"{exc.type_name}: {exc.message}", call, hint=hint) from None
         if not re.search(rf"(?<![0-9]){limit}(?![0-9])", exc.message):
-            raise s.fail("KV-BND-3", f"a message containing {limit}", exc.message, call,
+            raise s.fail("KV-BND-3", f"ValueError: a message containing {limit}", f"{exc.type_name}: {exc.message}", call,
                          hint="say which limit was hit, e.g. 'Sequence position 128 >= max_seq_len 128'") from None
         return
     raise s.fail("KV-BND-3", "ValueError raised", "no exception", call, hint=hint)
@@ -146,6 +146,6 @@ def attempt(s: Session, config: CacheConfig, fault: str, tokens: int, partial: i
             c.advance()
     diff = Snapshot.of(twin, config).difference(Snapshot.of(cache, config))
     if diff is not None:
-        raise s.fail("KV-BND-5", diff.expected, diff.got, diff.call(cache),
+        raise s.fail("KV-BND-5", diff.expected, diff.got, diff.call(cache), show=diff.show,
                      hint=f"after the failing call ({fault}), {diff.where} differs from {twin.name}, which never got "
                      "it: check every condition first, and raise before writing anything or moving seq_pos")

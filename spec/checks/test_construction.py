@@ -106,7 +106,7 @@ def test_two_caches_never_share_storage(
         diff = before.difference(Snapshot.of(other, config))
         if diff is not None:
             raise s.fail(
-                "KV-CON-4", diff.expected, diff.got, diff.call(other),
+                "KV-CON-4", diff.expected, diff.got, diff.call(other), show=diff.show,
                 hint=f"{op} on {cache.name} changed {other.name}'s {diff.where}: keep the storage on the instance "
                 "(self._keys = ... in __init__), not in a class attribute or a mutable default argument",
             )

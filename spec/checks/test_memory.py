@@ -155,8 +155,8 @@ def test_storage_is_allocated_at_construction_as_reported(driver: Driver) -> Non
         s.record("import tracemalloc")
         handle, held = s.call(lambda: s.driver.construction_retained(*config.args))
         args = ", ".join(map(str, config.args))
-        s.record(f"tracemalloc.start(); cache = KVCache({args}); print('bytes held:', "
-                 "tracemalloc.get_traced_memory()[0]); tracemalloc.stop()")
+        s.record(f"tracemalloc.start(); cache = KVCache({args}); held = tracemalloc.get_traced_memory()[0]; "
+                 "tracemalloc.stop()")
         cache = CacheRef(s, handle, "cache")
         reported = report(s, cache, "KV-MEM-4")["total_elements"] * 4
         expected = elements(config) * 4
@@ -167,5 +167,5 @@ def test_storage_is_allocated_at_construction_as_reported(driver: Driver) -> Non
                 hint = "the storage is not allocated when the cache is built: pre-allocate (B, H, max_seq_len, D) per layer in __init__"
             else:
                 hint = "the report does not match the storage allocated"
-            raise s.fail("KV-MEM-4", f"about {int(reported):,} bytes held (total_elements * 4)", f"{held.value:,} bytes",
-                         call=f"KVCache({args})", hint=hint)
+            raise s.fail("KV-MEM-4", f"about {int(reported)} bytes held (total_elements * 4)", f"{held.value} bytes",
+                         call=s.script.lines[-1], hint=hint, show="held, 'bytes'")

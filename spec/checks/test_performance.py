@@ -40,16 +40,16 @@ def test_update_allocation_does_not_grow_with_seq_pos(driver: Driver) -> None:
     s.record("import tracemalloc")
     s.record(f"k, v = {key.code()}, {value.code()}")
 
-    def measured(layer: int) -> int:
-        s.record(f"tracemalloc.start(); {cache.name}.update({layer}, k, v); "
-                 "print('bytes allocated:', tracemalloc.get_traced_memory()[1]); tracemalloc.stop()")
+    def measured(layer: int, name: str) -> int:
+        s.record(f"tracemalloc.start(); {cache.name}.update({layer}, k, v); {name}_{layer} = tracemalloc.get_traced_memory()[1]; "
+                 f"tracemalloc.stop(); print('bytes allocated:', {name}_{layer})")
         return s.call(lambda: s.driver.update_allocation(cache.handle, layer, key.array(), value.array())).value
 
     def seq_pos() -> int:
         pos = s.call(lambda: s.driver.attribute(cache.handle, "seq_pos"))
         return pos if isinstance(pos, int) else c.max_seq_len
 
-    first = [measured(layer) for layer in range(c.num_layers)]
+    first = [measured(layer, 'first') for layer in range(c.num_layers)]
     if seq_pos() != 0:
         return  # update moved seq_pos: the update check says so, and the last position is out of reach
     cache.advance()
@@ -68,21 +68,22 @@ def test_update_allocation_does_not_grow_with_seq_pos(driver: Driver) -> None:
         s.call(lambda: s.driver.advance(cache.handle))
     if seq_pos() != last_position:
         return
-    last = [measured(layer) for layer in range(c.num_layers)]
+    last = [measured(layer, 'last') for layer in range(c.num_layers)]
     for layer in range(c.num_layers):
         at = f"update({layer}, k, v) at seq_pos {c.max_seq_len - 1}: "
         if last[layer] > first[layer] + GROWTH:
             raise s.fail(
                 "KV-PERF-1", f"about {first[layer]:,} bytes, as at seq_pos 0 (at most {GROWTH:,} more)",
-                at + f"{last[layer]:,} bytes",
+                at + f"{last[layer]} bytes", show=f"{at[:-2]!r}, last_{layer}, 'bytes'",
                 hint="update allocates more as the sequence grows: write into the pre-allocated storage "
                 "with cache[:, :, seq_pos, :] = key[:, :, 0, :] instead of concatenating or stacking the history",
             )
-        for where, got in (("0", first[layer]), (str(c.max_seq_len - 1), last[layer])):
+        for where, got, name in (("0", first[layer], "first"), (str(c.max_seq_len - 1), last[layer], "last")):
             if got >= storage // FRACTION:
                 raise s.fail(
                     "KV-PERF-1", f"less than {storage // FRACTION:,} bytes (1/{FRACTION} of the {storage:,}-byte storage)",
-                    f"update({layer}, k, v) at seq_pos {where}: {got:,} bytes",
+                    f"update({layer}, k, v) at seq_pos {where}: {got} bytes",
+                    show=f"'update({layer}, k, v) at seq_pos {where}:', {name}_{layer}, 'bytes'",
                     hint="update copies or reallocates storage: an indexed write into the existing array "
                     "allocates almost nothing",
                 )

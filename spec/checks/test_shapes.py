@@ -116,7 +116,7 @@ def attempt(s: Session, config: CacheConfig, tokens: int, partial: int, shape: t
     diff = Snapshot.of(twin, config).difference(Snapshot.of(cache, config))
     if diff is not None:
         raise s.fail(
-            "KV-SHP-2", diff.expected, diff.got, diff.call(cache),
+            "KV-SHP-2", diff.expected, diff.got, diff.call(cache), show=diff.show,
             hint=f"{diff.where} differs from {twin.name}, which never got the rejected update (its "
             f"{side if side != 'both' else 'key and value'} had shape {shape}): validate both shapes before "
             "writing either",

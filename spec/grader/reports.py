@@ -21,6 +21,7 @@ from spec.clauses import GROUPS
 from spec.grader.grade import Grade, TestScore
 from spec.grader.rubric import fmt, to_points
 from spec.grader.safe_io import remove_tree
+from spec.session import EXAMPLE_END, EXAMPLE_START
 
 REPORT_FILES = ("results.json", "junit.xml", "report.md")
 BATCH_FILES = ("gradebook.csv", "class-summary.md")
@@ -146,14 +147,49 @@ def first_line(text: str) -> str:
     return next((line.strip() for line in text.splitlines() if line.strip()), "")
 
 
+FIELDS = ("Call:", "Expected:", "Got:", "Hint:", "Why:", "Clause:", "Minimal example")
+
+
+def fields(text: str) -> dict[str, str]:
+    """A failure message's labelled fields (Expected, Got, ...), each with its continuation
+    lines joined and runs of whitespace made single spaces."""
+    found: dict[str, list[str]] = {}
+    current: list[str] | None = None
+    for line in text.splitlines():
+        label = next((f for f in FIELDS if line.startswith(f)), None)
+        if label is not None:
+            current = found.setdefault(label.rstrip(":"), []) if label.endswith(":") else None
+            if current is not None:
+                current.append(line[len(label):])
+        elif current is not None:
+            current.append(line)
+    return {k: " ".join(" ".join(v).split()) for k, v in found.items()}
+
+
+def first_difference(expected: str, got: str, context: int = 24) -> tuple[str, str]:
+    """Both texts, cut to a window around the first character where they differ when
+    either is longer than 2 * context."""
+    if max(len(expected), len(got)) <= 2 * context:
+        return expected, got
+    i = next((i for i, (a, b) in enumerate(zip(expected, got)) if a != b), min(len(expected), len(got)))
+    start = max(0, i - context // 2)
+
+    def cut(text: str) -> str:
+        window = text[start : i + context]
+        return ("..." if start else "") + window + ("..." if i + context < len(text) else "")
+
+    return cut(expected), cut(got)
+
+
 def brief(text: str) -> str:
-    """One line for a failure: the clause, then what was expected and what came back."""
+    """One line for a failure: the clause, then expected and got where they first differ."""
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     head = lines[0] if lines else ""
-    found = {k: line.split(":", 1)[1].strip() for line in lines for k in ("Expected", "Got") if line.startswith(k + ":")}
+    found = fields(text)
     if "Expected" in found and "Got" in found:
         clause = head.split("]", 1)[0] + "]" if head.startswith("[") else ""
-        return f"{clause} expected {found['Expected']}, got {found['Got']}".strip()
+        expected, got = first_difference(found["Expected"], found["Got"])
+        return f"{clause} expected {expected}, got {got}".strip()
     return head
 
 
@@ -271,10 +307,23 @@ def junit_xml(grade: Grade) -> str:
 # -- report.md ---------------------------------------------------------------------------------
 
 
-def _fence(text: str) -> str:
+def _fence(text: str, lang: str = "text") -> str:
     longest = max((len(m) for m in re.findall(r"`{3,}", text)), default=2)
     fence = "`" * max(3, longest + 1)
-    return f"{fence}text\n{text.rstrip()}\n{fence}"
+    return f"{fence}{lang}\n{text.rstrip()}\n{fence}"
+
+
+def failure_md(output: str) -> list[str]:
+    """One failure's message as Markdown: the text in a text block, the minimal example in a
+    python block of its own (copied from there, it runs as it is)."""
+    start, end = output.find(EXAMPLE_START), output.find(EXAMPLE_END)
+    if start < 0 or end < start:
+        return [_fence(output)]
+    end += len(EXAMPLE_END)
+    out = [_fence(output[:start]), "", _fence(output[start:end], "python")]
+    if output[end:].strip():
+        out += ["", _fence(output[end:].strip("\n"))]
+    return out
 
 
 def report_md(grade: Grade) -> str:
@@ -296,7 +345,7 @@ def report_md(grade: Grade) -> str:
     if not failing:
         out += ["None: every check passed.", ""]
     for t in failing:
-        out += [f"### {test_title(t)} ({', '.join(t.check.clauses)}): 0 / {fmt(t.max_score)}", "", _fence(t.output), ""]
+        out += [f"### {test_title(t)} ({', '.join(t.check.clauses)}): 0 / {fmt(t.max_score)}", ""] + failure_md(t.output) + [""]
     if grade.notes and grade.output_tail.strip():
         out += ["## End of the test run's output", "", _fence(grade.output_tail[-8000:]), ""]
     return "\n".join(out)
