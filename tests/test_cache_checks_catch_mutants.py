@@ -118,6 +118,16 @@ RESET_BODY = (
 )
 
 MUTANTS = (
+    # -- hints: each mutant has exactly the cause its hint names -------------------------------
+    Mutant(
+        "heads mixed with positions by reshape in get (storage read as (B, S, H, D))",
+        GET_RETURN,
+        "        B, H, D = self.batch_size, self.num_heads, self.head_dim\n"
+        "        keys = self._keys[layer_idx][:, :, :n, :].transpose(0, 2, 1, 3).reshape(B, H, n, D)\n"
+        "        values = self._values[layer_idx][:, :, :n, :].transpose(0, 2, 1, 3).reshape(B, H, n, D)\n"
+        "        return Tensor(keys), Tensor(values)\n",
+        (GET,), ("machine",), says=("heads and positions are mixed", "transpose(1, 2)"),
+    ),
     # -- construction -----------------------------------------------------------------------
     Mutant("zero dimension accepted", "    if value <= 0:\n", "    if value < 0:\n", (NONPOS,), ("construction",), only=True),
     Mutant(
@@ -471,33 +481,30 @@ def apply(source: str, old: str, new: str, what: str) -> str:
 
 
 RUNNER = r'''
-import ast, json, sys, textwrap, traceback
+import contextlib, io, json, sys, traceback
 import pytest
 from spec.results import load_verdicts
+from spec.session import EXAMPLE_END, EXAMPLE_START
+from tests.zoo.replay import problem
 
-MARK = "Minimal example (run it from your submission's directory):\n"
 jobs = json.loads(sys.argv[1])
 for job in jobs:
     pytest.main(job["args"])
     replays = {}
     for v in load_verdicts(__import__("pathlib").Path(job["results"])):
-        if v.passed or MARK not in v.message:
+        if v.passed or EXAMPLE_START not in v.message:
             continue
-        script = textwrap.dedent(v.message.split(MARK, 1)[1])
-        # Every statement but the last must run; the last is the failing call and may raise
-        # (the check's failure may be exactly that it raised the wrong exception).
-        body = ast.parse(script).body
+        # Verbatim, as a student pastes it (no dedent); it must end the way the message says.
+        script = v.message[v.message.index(EXAMPLE_START):v.message.index(EXAMPLE_END) + len(EXAMPLE_END)]
         namespace = {"__name__": "__replay__"}
+        out, err, code = io.StringIO(), "", 0
         try:
-            exec(compile(ast.Module(body[:-1], []), v.name, "exec"), namespace)
-            replays[v.name] = ""
+            with contextlib.redirect_stdout(out):
+                exec(compile(script, v.name, "exec"), namespace)
         except BaseException as exc:
-            replays[v.name] = "".join(traceback.format_exception_only(type(exc), exc)).strip() + "\n" + script
-            continue
-        try:
-            exec(compile(ast.Module(body[-1:], []), v.name, "exec"), namespace)
-        except Exception:
-            pass
+            code, err = 1, "".join(traceback.format_exception_only(type(exc), exc))
+        why = problem(v.message, code, out.getvalue(), err)
+        replays[v.name] = "" if why is None else why + "\n" + script
     with open(job["replays"], "w") as f:
         json.dump(replays, f)
 '''

@@ -72,6 +72,7 @@ class CacheMachine(RuleBasedStateMachine):
         super().__init__()
         self.s = Session(current_driver())  # one session per example: the script is this example's
         self.tag = 0
+        self.retired: list[FloatArray] = []  # keys and values written to earlier caches, (B, H, D) each
 
     # -- building and observing ---------------------------------------------------------
     @initialize(config=cache_configs())
@@ -80,6 +81,8 @@ class CacheMachine(RuleBasedStateMachine):
         self.new_cache()
 
     def new_cache(self) -> None:
+        if hasattr(self, "model"):  # what earlier caches of this example were given
+            self.retired += [a for history in self.model.written.values() for entry in history for a in entry]
         self.cache = self.s.new_cache(*self.cfg.args)
         self.model = CacheModel(self.cfg)
         self.pos = self.read_pos()
@@ -160,9 +163,17 @@ class CacheMachine(RuleBasedStateMachine):
         if entry is None:
             if not np.any(got):
                 return "", False
-            return (f"position {p} of layer {layer} was never written, yet {name} there are not zeros: "
-                    "unwritten positions read as zeros (pre-allocate with np.zeros). If the example does not "
-                    "reproduce in a fresh Python, caches share storage (a class attribute or mutable default)"), False
+            source = self.row_source(got)
+            if source:
+                return (f"position {p} of layer {layer} was never written, yet its {name} hold {source}: "
+                        "each layer, position, batch element and head has its own slot"), False
+            if any(close(got, old) for old in self.retired):
+                return (f"position {p} of layer {layer} of this new cache shows a {name[:-1]} written to an earlier "
+                        "cache: the two share storage (a class attribute or a mutable default argument); "
+                        "allocate the storage in __init__, per instance"), False
+            return (f"position {p} of layer {layer} was never written, yet {name} there are not zeros (and not "
+                    "anything written to this cache): unwritten positions read as zeros, pre-allocate with "
+                    "np.zeros (np.empty leaves garbage)"), False
         if close(got, entry[1 - kind]):
             return "keys and values are swapped: keys go to the key storage, values to the value storage", False
         if not np.any(got):
@@ -186,6 +197,42 @@ class CacheMachine(RuleBasedStateMachine):
                                     "keep the axes in place, cache[:, :, seq_pos, :] = key[:, :, 0, :]"), False
         return f"position {p} of layer {layer} does not hold the last {name[:-1]} written there", False
 
+    def row_source(self, got: FloatArray) -> str:
+        """Where the first nonzero (batch element, head) row of `got` (B, H, D) was written in
+        this cache, in words ("batch element 0, head 1 of the key written to layer 0 at
+        position 2"), or "" if it matches no write."""
+        for b in range(got.shape[0]):
+            for h in range(got.shape[1]):
+                if not np.any(got[b, h]):
+                    continue
+                for (l2, p2), history in self.model.written.items():
+                    for entry in history:
+                        for k2 in (0, 1):
+                            for b2 in range(got.shape[0]):
+                                for h2 in range(got.shape[1]):
+                                    if close(got[b, h], entry[k2][b2, h2]):
+                                        return (f"batch element {b2}, head {h2} of the {KINDS[k2][:-1]} written to "
+                                                f"layer {l2} at position {p2} (in batch element {b}, head {h})")
+                return ""
+        return ""
+
+    @staticmethod
+    def mixed_axes(got: FloatArray, expected: FloatArray) -> str:
+        """A hint if `got` (B, H, n, D) is `expected` with its axes mixed by a reshape where a
+        transpose was due, else "". Observed, not guessed: the whole array must equal that
+        reshape, and differ from `expected` (which needs H > 1 and n > 1)."""
+        B, H, n, D = expected.shape
+        layouts = (
+            ("(B, seq_pos, H, D)", expected.transpose(0, 2, 1, 3).reshape(B, H, n, D)),
+            ("(B, H, seq_pos, D) read as (B, seq_pos, H, D)", expected.reshape(B, n, H, D).transpose(0, 2, 1, 3)),
+        )
+        for layout, mixed in layouts:
+            if close(got, mixed) and not close(got, expected):
+                return (f"heads and positions are mixed: what get returned is the {layout} layout reshaped to "
+                        "(B, H, seq_pos, D). reshape keeps the memory order; to move the heads axis use "
+                        "transpose(1, 2) (or np.swapaxes), and reshape only to merge or split axes")
+        return ""
+
     def compare_contents(self, layer: int, keys: FloatArray, values: FloatArray, n: int,
                          clause: Callable[[bool], str], call: str | None = None) -> None:
         """The first n positions must be what the model says; fail with clause(stale)."""
@@ -195,10 +242,11 @@ class CacheMachine(RuleBasedStateMachine):
             if close(got, exp):
                 continue
             p = next(p for p in range(n) if not close(got[:, :, p, :], exp[:, :, p, :]))
-            hint, stale = self.explain(layer, kind, p, got[:, :, p, :])
+            mixed = self.mixed_axes(got, exp)
+            hint, stale = (mixed, False) if mixed else self.explain(layer, kind, p, got[:, :, p, :])
             raise self.s.fail(
                 clause(stale), exp[:, :, p, :], got[:, :, p, :], call,
-                hint=f"compare {KINDS[kind]}[:, :, {p}, :]. " + hint,
+                hint=f"compare {KINDS[kind]}[:, :, {p}, :]. " + hint, show=f"{KINDS[kind]}.data[:, :, {p}, :]",
             )
 
 
@@ -259,7 +307,7 @@ class GetMachine(CacheMachine):
         for name, got in (("keys", keys), ("values", values)):
             if got.shape != expected:
                 raise self.s.fail("KV-GET-1", f"{name} of shape {expected}", f"shape {got.shape}", call,
-                                  hint=self.shape_hint(got.shape))
+                                  hint=self.shape_hint(got.shape), show=f"{name}.data.shape")
         self.compare_contents(layer, keys, values, self.pos, lambda stale: "KV-GET-2", call)
         after = self.read_pos()
         if after != self.pos:
@@ -320,7 +368,7 @@ class AdvanceMachine(CacheMachine):
                 if not close(new[kind][:, :, :n, :], old[kind][:, :, :n, :]):
                     p = next(p for p in range(n) if not close(new[kind][:, :, p, :], old[kind][:, :, p, :]))
                     raise self.s.fail(
-                        "KV-ADV-2", old[kind][:, :, p, :], new[kind][:, :, p, :],
+                        "KV-ADV-2", old[kind][:, :, p, :], new[kind][:, :, p, :], show=f"{KINDS[kind]}.data[:, :, {p}, :]",
                         hint=f"{KINDS[kind]}[:, :, {p}, :] of layer {layer} changed across advance(): "
                         "advance only moves seq_pos, it must not shift, clear or overwrite stored data",
                     )
@@ -422,7 +470,8 @@ class ResetMachine(CacheMachine):
                     else:
                         continue
                     raise self.s.fail("KV-RST-2", entry[kind] if entry is not None else np.zeros_like(here), here,
-                                      f"keys, values = {self.cache.name}.get({layer!r})", hint=hint)
+                                      f"keys, values = {self.cache.name}.get({layer!r})", hint=hint,
+                                      show=f"{KINDS[kind]}.data[:, :, {p}, :]")
 
 
 def run(machine: type[CacheMachine]) -> None:
@@ -475,7 +524,7 @@ def test_update_stores_copies(driver: Driver, config: CacheConfig, tokens: int, 
     if diff is not None:
         aliased = isinstance(diff.got, np.ndarray) and bool(np.any(diff.got == FILL))
         raise s.fail(
-            "KV-UPD-3", diff.expected, diff.got, diff.call(cache),
+            "KV-UPD-3", diff.expected, diff.got, diff.call(cache), show=diff.show,
             hint=(f"{diff.where} shows the caller's later overwrite ({FILL}): the cache keeps a reference to the "
                   "caller's array; copy the data into the cache's own storage (an indexed write does)")
             if aliased else f"{diff.where} differs from {twin.name}, whose caller did not touch its arrays",
