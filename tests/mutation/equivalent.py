@@ -1,8 +1,16 @@
 """Surviving mutants that no conforming check can kill, with the reason (docs/mutation.md).
 
-Each entry: (function, the mutated line(s) as mutmut shows them after '+', stripped;
-several lines joined by ' / '), and a one-line reason. A survivor matching no entry is a
-missing or weak check.
+Each entry: (function, the original line(s) as mutmut shows them after '-', the mutated
+line(s) after '+', both stripped, several lines joined by ' / '), and a one-line reason.
+The original line pins the entry to one source line: the same mutated text on another
+line (`raise ValueError(None)` on the full-cache message, which KV-BND-3 constrains,
+rather than on the shape message, which no clause constrains) matches no entry. Only a
+mutant whose status is "survived" can match; a timeout or a suspicious mutant never
+does. A survivor matching no entry is a missing or weak check.
+
+tests/test_mutation_bookkeeping.py checks that every original line occurs exactly once
+in its function of the reference, that each entry changes it, and each reason that a
+test can check.
 
 Most of them change only an error *message* where the spec fixes the exception type and
 leaves the wording to the implementation (KV-CON-2/3, KV-BND-1/2/4, KV-SHP-1, KV-MOD-5:
@@ -19,69 +27,80 @@ VIEWS = ("get may hand out views or copies (KV-GET-3 leaves it unspecified, and 
          "allocations); copy=None wraps without copying, exactly as copy=False does")
 _KEYS = "Tensor(self._keys[layer_idx][:, :, :n, :], {})"
 _VALUES = "Tensor(self._values[layer_idx][:, :, :n, :], {})"
+GET_RETURN = f"return {_KEYS.format('copy=False')}, {_VALUES.format('copy=False')}"
 WAS_OWN = ("the grader's model never has an instance-level attention.forward before enable, so the "
            "'restore an instance attribute' branch of disable is unreachable")
 
-EQUIVALENT: list[tuple[str, str, str]] = [
+# Original lines of the reference, as mutmut shows them (stripped).
+TYPE_MSG = 'raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")'
+POSITIVE_MSG = 'raise ValueError(f"{name} must be positive, got {value}")'
+LAYER_NOT_INT = 'raise ValueError(f"Layer index must be an int, got {layer_idx!r}")'
+LAYER_NEGATIVE = 'raise ValueError(f"Layer index {layer_idx} < 0")'
+LAYER_TOO_LARGE = 'raise ValueError(f"Layer index {layer_idx} >= num_layers {self.num_layers}")'
+SHAPE_MSG = 'raise ValueError(f"{name} shape {array.shape} != expected {expected} (B, H, 1, D)")'
+NAMES = 'for name, array in (("key", k), ("value", v)):'
+ADVANCE_MSG = 'raise ValueError(f"Cannot advance: sequence position {self.seq_pos} >= max_seq_len {self.max_seq_len}")'
+MISSING_ATTR = 'raise AttributeError(f"enable_kv_cache needs model.{name}; {type(model).__name__} has none")'
+NOT_DIVISIBLE = 'raise ValueError(f"embed_dim {model.embed_dim} is not divisible by num_heads {model.num_heads}")'
+MERGE = "out = (softmax(scores) @ values).reshape(batch, 1, heads * head_dim)  # (B, H, 1, D) -> (B, 1, E)"
+WAS_OWN_LINE = 'block._attention_forward_was_own = "forward" in vars(attention)'
+
+
+def _dimension(name: str) -> list[tuple[str, str, str, str]]:
+    original = f'self.{name} = _positive_int("{name}", {name})'
+    return [("xǁKVCacheǁ__init__", original, original.replace(f'"{name}"', new), NAME_IN_MESSAGE)
+            for new in ("None", f'"XX{name}XX"', f'"{name.upper()}"')]
+
+
+EQUIVALENT: list[tuple[str, str, str, str]] = [
     # -- kv_cache.py: messages ---------------------------------------------------------------
-    ("x__positive_int", 'raise TypeError(None)', MESSAGE),
-    ("x__positive_int", 'raise TypeError(f"{name} must be an int, got {type(None).__name__} {value!r}")', MESSAGE),
-    ("x__positive_int", 'raise ValueError(None)', MESSAGE),
-    ("xǁKVCacheǁ__init__", 'self.batch_size = _positive_int(None, batch_size)', NAME_IN_MESSAGE),
-    ("xǁKVCacheǁ__init__", 'self.batch_size = _positive_int("XXbatch_sizeXX", batch_size)', NAME_IN_MESSAGE),
-    ("xǁKVCacheǁ__init__", 'self.batch_size = _positive_int("BATCH_SIZE", batch_size)', NAME_IN_MESSAGE),
-    ("xǁKVCacheǁ__init__", 'self.max_seq_len = _positive_int(None, max_seq_len)', NAME_IN_MESSAGE),
-    ("xǁKVCacheǁ__init__", 'self.max_seq_len = _positive_int("XXmax_seq_lenXX", max_seq_len)', NAME_IN_MESSAGE),
-    ("xǁKVCacheǁ__init__", 'self.max_seq_len = _positive_int("MAX_SEQ_LEN", max_seq_len)', NAME_IN_MESSAGE),
-    ("xǁKVCacheǁ__init__", 'self.num_layers = _positive_int(None, num_layers)', NAME_IN_MESSAGE),
-    ("xǁKVCacheǁ__init__", 'self.num_layers = _positive_int("XXnum_layersXX", num_layers)', NAME_IN_MESSAGE),
-    ("xǁKVCacheǁ__init__", 'self.num_layers = _positive_int("NUM_LAYERS", num_layers)', NAME_IN_MESSAGE),
-    ("xǁKVCacheǁ__init__", 'self.num_heads = _positive_int(None, num_heads)', NAME_IN_MESSAGE),
-    ("xǁKVCacheǁ__init__", 'self.num_heads = _positive_int("XXnum_headsXX", num_heads)', NAME_IN_MESSAGE),
-    ("xǁKVCacheǁ__init__", 'self.num_heads = _positive_int("NUM_HEADS", num_heads)', NAME_IN_MESSAGE),
-    ("xǁKVCacheǁ__init__", 'self.head_dim = _positive_int(None, head_dim)', NAME_IN_MESSAGE),
-    ("xǁKVCacheǁ__init__", 'self.head_dim = _positive_int("XXhead_dimXX", head_dim)', NAME_IN_MESSAGE),
-    ("xǁKVCacheǁ__init__", 'self.head_dim = _positive_int("HEAD_DIM", head_dim)', NAME_IN_MESSAGE),
-    ("xǁKVCacheǁ_check_layer", 'raise ValueError(None)', MESSAGE),
-    ("xǁKVCacheǁupdate", 'for name, array in (("XXkeyXX", k), ("value", v)):', NAME_IN_MESSAGE),
-    ("xǁKVCacheǁupdate", 'for name, array in (("KEY", k), ("value", v)):', NAME_IN_MESSAGE),
-    ("xǁKVCacheǁupdate", 'for name, array in (("key", k), ("XXvalueXX", v)):', NAME_IN_MESSAGE),
-    ("xǁKVCacheǁupdate", 'for name, array in (("key", k), ("VALUE", v)):', NAME_IN_MESSAGE),
-    ("xǁKVCacheǁupdate", 'raise ValueError(None)', MESSAGE),
-    ("xǁKVCacheǁadvance", 'raise ValueError(None)', MESSAGE),
+    ("x__positive_int", TYPE_MSG, "raise TypeError(None)", MESSAGE),
+    ("x__positive_int", TYPE_MSG, 'raise TypeError(f"{name} must be an int, got {type(None).__name__} {value!r}")', MESSAGE),
+    ("x__positive_int", POSITIVE_MSG, "raise ValueError(None)", MESSAGE),
+    *(entry for name in ("batch_size", "max_seq_len", "num_layers", "num_heads", "head_dim") for entry in _dimension(name)),
+    *(("xǁKVCacheǁ_check_layer", original, "raise ValueError(None)", MESSAGE)
+      for original in (LAYER_NOT_INT, LAYER_NEGATIVE, LAYER_TOO_LARGE)),
+    ("xǁKVCacheǁupdate", NAMES, 'for name, array in (("XXkeyXX", k), ("value", v)):', NAME_IN_MESSAGE),
+    ("xǁKVCacheǁupdate", NAMES, 'for name, array in (("KEY", k), ("value", v)):', NAME_IN_MESSAGE),
+    ("xǁKVCacheǁupdate", NAMES, 'for name, array in (("key", k), ("XXvalueXX", v)):', NAME_IN_MESSAGE),
+    ("xǁKVCacheǁupdate", NAMES, 'for name, array in (("key", k), ("VALUE", v)):', NAME_IN_MESSAGE),
+    ("xǁKVCacheǁupdate", SHAPE_MSG, "raise ValueError(None)", MESSAGE),
+    ("xǁKVCacheǁadvance", ADVANCE_MSG, "raise ValueError(None)", MESSAGE),
     # -- kv_cache.py: get's views or copies ---------------------------------------------------
-    *(("xǁKVCacheǁget", f"return {_KEYS.format(k)}, {_VALUES.format('copy=False')}", VIEWS) for k in ("copy=None", "", "copy=True")),
-    *(("xǁKVCacheǁget", f"return {_KEYS.format('copy=False')}, {_VALUES.format(v)}", VIEWS) for v in ("copy=None", "", "copy=True")),
+    *(("xǁKVCacheǁget", GET_RETURN, f"return {_KEYS.format(k)}, {_VALUES.format('copy=False')}", VIEWS)
+      for k in ("copy=None", "", "copy=True")),
+    *(("xǁKVCacheǁget", GET_RETURN, f"return {_KEYS.format('copy=False')}, {_VALUES.format(v)}", VIEWS)
+      for v in ("copy=None", "", "copy=True")),
     # -- kv_cache.py: inputs outside the spec's domain ----------------------------------------
-    ("xǁKVCacheǁ_check_layer", 'if isinstance(layer_idx, bool) and not isinstance(layer_idx, (int, np.integer)):',
+    ("xǁKVCacheǁ_check_layer", "if isinstance(layer_idx, bool) or not isinstance(layer_idx, (int, np.integer)):",
+     "if isinstance(layer_idx, bool) and not isinstance(layer_idx, (int, np.integer)):",
      "only a non-int layer index (1.5, '0', True) reaches the guard; the spec decides ints only (KV-BND-1/2)"),
-    ("x__as_array", 'return np.asarray(getattr(x, "data", None))',
+    ("x__as_array", 'return np.asarray(getattr(x, "data", x))', 'return np.asarray(getattr(x, "data", None))',
      "update is only ever given Tensors (they have .data); bare arrays are outside the contract"),
-    ("x__as_array", 'return np.asarray(getattr(x, "data", ))',
+    ("x__as_array", 'return np.asarray(getattr(x, "data", x))', 'return np.asarray(getattr(x, "data", ))',
      "update is only ever given Tensors (they have .data); bare arrays are outside the contract"),
     # -- memoization.py ----------------------------------------------------------------------
-    ("x__cached_attention_forward", 'out = (softmax(scores) @ values).reshape(1, heads * head_dim)  # (B, H, 1, D) -> (B, 1, E)', BATCH_ONE),
-    ("x__cached_attention_forward", 'out = (softmax(scores) @ values).reshape(batch, heads * head_dim)  # (B, H, 1, D) -> (B, 1, E)', BATCH_ONE),
-    ("x_enable_kv_cache", 'raise AttributeError(None)', MESSAGE),
-    ("x_enable_kv_cache", 'raise AttributeError(f"enable_kv_cache needs model.{name}; {type(None).__name__} has none")', MESSAGE),
-    ("x_enable_kv_cache", 'raise ValueError(None)', MESSAGE),
-    ("x_enable_kv_cache", 'if getattr(model, "_cache_enabled", None):', "None and False are both falsy"),
-    ("x_enable_kv_cache", 'if getattr(model, "_cache_enabled", True):',
+    ("x__cached_attention_forward", MERGE, MERGE.replace("reshape(batch, 1, ", "reshape(1, "), BATCH_ONE),
+    ("x__cached_attention_forward", MERGE, MERGE.replace("reshape(batch, 1, ", "reshape(batch, "), BATCH_ONE),
+    ("x_enable_kv_cache", MISSING_ATTR, "raise AttributeError(None)", MESSAGE),
+    ("x_enable_kv_cache", MISSING_ATTR, MISSING_ATTR.replace("type(model)", "type(None)"), MESSAGE),
+    ("x_enable_kv_cache", NOT_DIVISIBLE, "raise ValueError(None)", MESSAGE),
+    ("x_enable_kv_cache", 'if getattr(model, "_cache_enabled", False):', 'if getattr(model, "_cache_enabled", None):',
+     "None and False are both falsy"),
+    ("x_enable_kv_cache", 'if getattr(model, "_cache_enabled", False):', 'if getattr(model, "_cache_enabled", True):',
      "on a never-enabled model the extra disable_kv_cache call changes nothing but the flags, which enable "
      "then sets (KV-NI-3, KV-NI-5)"),
-    ("x_enable_kv_cache", 'block._original_attention_forward = None', WAS_OWN),
-    ("x_enable_kv_cache", 'block._attention_forward_was_own = None', "None and False are both falsy"),
-    ("x_enable_kv_cache", 'block._attention_forward_was_own = "XXforwardXX" in vars(attention)',
-     "False either way: " + WAS_OWN),
-    ("x_enable_kv_cache", 'block._attention_forward_was_own = "FORWARD" in vars(attention)',
-     "False either way: " + WAS_OWN),
-    ("x_enable_kv_cache", 'block._attention_forward_was_own = "forward" not in vars(attention)',
+    ("x_enable_kv_cache", "block._original_attention_forward = attention.forward", "block._original_attention_forward = None",
+     WAS_OWN),
+    ("x_enable_kv_cache", WAS_OWN_LINE, "block._attention_forward_was_own = None", "None and False are both falsy"),
+    ("x_enable_kv_cache", WAS_OWN_LINE, WAS_OWN_LINE.replace('"forward"', '"XXforwardXX"'), "False either way: " + WAS_OWN),
+    ("x_enable_kv_cache", WAS_OWN_LINE, WAS_OWN_LINE.replace('"forward"', '"FORWARD"'), "False either way: " + WAS_OWN),
+    ("x_enable_kv_cache", WAS_OWN_LINE, WAS_OWN_LINE.replace(" in ", " not in "),
      "restoring the saved bound method as an instance attribute gives bit-identical forwards to deleting it"),
-    ("x_disable_kv_cache", 'for block in getattr(model, "blocks", None):',
-     "only a model without `blocks` differs, and the spec's models all have blocks"),
-    ("x_disable_kv_cache", 'for block in getattr(model, "blocks", ):',
-     "only a model without `blocks` differs, and the spec's models all have blocks"),
-    ("x_disable_kv_cache", 'break',
+    # Not equivalent, so not listed (issue 11): disable's `getattr(model, "blocks", [])` with default None
+    # or no default raises on a model without `blocks` (KV-MOD-5's models), which KV-NI-3 forbids.
+    ("x_disable_kv_cache", "continue", "break",
      "blocks are patched all or none, so the first unpatched block means no block is patched"),
-    ("x_disable_kv_cache", 'block.attention.forward = None', WAS_OWN),
+    ("x_disable_kv_cache", "block.attention.forward = block._original_attention_forward", "block.attention.forward = None",
+     WAS_OWN),
 ]

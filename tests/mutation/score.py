@@ -4,9 +4,12 @@ Run from mutmut's working directory (where `mutants/` is):
 
     python score.py MUTMUT_EXECUTABLE [--markdown FILE] [--fail-under 0.95]
 
-A surviving mutant is equivalent if its function and mutated line match an entry of
-equivalent.py (matched by text, not by mutmut's numbering, which shifts whenever the
-reference changes). Every other survivor is printed as a diff: a missing or weak check.
+A surviving mutant is equivalent if its function, original line and mutated line match
+an entry of equivalent.py (matched by text, not by mutmut's numbering, which shifts
+whenever the reference changes; the original line pins the entry to one source line).
+Only the status "survived" can be equivalent: a timeout, a suspicious mutant or any
+other status that is not "killed" counts against the score and is listed for a look.
+Every other survivor is printed as a diff: a missing or weak check.
 """
 
 from __future__ import annotations
@@ -33,11 +36,19 @@ class Mutant:
     def function(self) -> str:
         return re.sub(r"__mutmut_\d+$", "", self.name)
 
+    def _changed(self, sign: str) -> str:
+        lines = [ln[1:].strip() for ln in self.diff.splitlines() if ln.startswith(sign) and not ln.startswith(sign * 3)]
+        return " / ".join(lines)
+
     @property
     def added(self) -> str:
         """The mutated line(s), stripped: the '+' lines of the diff."""
-        lines = [ln[1:].strip() for ln in self.diff.splitlines() if ln.startswith("+") and not ln.startswith("+++")]
-        return " / ".join(lines)
+        return self._changed("+")
+
+    @property
+    def removed(self) -> str:
+        """The original line(s), stripped: the '-' lines of the diff."""
+        return self._changed("-")
 
 
 def results(mutmut: str) -> list[Mutant]:
@@ -54,11 +65,39 @@ def show(mutmut: str, m: Mutant) -> str:
     return subprocess.run([mutmut, "show", m.name], capture_output=True, text=True).stdout
 
 
-def equivalent_reason(m: Mutant) -> str | None:
-    for function, line, reason in EQUIVALENT:
-        if m.function.endswith(function) and m.added == line:
+def equivalent_reason(m: Mutant, entries: list[tuple[str, str, str, str]] = EQUIVALENT) -> str | None:
+    """The reason `m` is equivalent, if it survived and matches an entry on function,
+    original line and mutated line; else None."""
+    if m.status != "survived":
+        return None
+    for function, original, mutated, reason in entries:
+        if m.function.endswith(function) and m.removed == original and m.added == mutated:
             return reason
     return None
+
+
+@dataclass
+class Tally:
+    mutants: list[Mutant]
+    killed: list[Mutant]
+    equivalent: list[tuple[Mutant, str]]
+    real: list[Mutant]  # not killed and not equivalent: survivors, timeouts, suspicious ...
+
+    @property
+    def counted(self) -> int:
+        return len(self.mutants) - len(self.equivalent)
+
+    @property
+    def score(self) -> float:
+        return len(self.killed) / self.counted if self.counted else 0.0
+
+
+def tally(mutants: list[Mutant], entries: list[tuple[str, str, str, str]] = EQUIVALENT) -> Tally:
+    killed = [m for m in mutants if m.status == "killed"]
+    others = [m for m in mutants if m.status != "killed"]
+    equivalent = [(m, r) for m in others if (r := equivalent_reason(m, entries)) is not None]
+    matched = {id(m) for m, _ in equivalent}
+    return Tally(mutants, killed, equivalent, [m for m in others if id(m) not in matched])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -69,37 +108,33 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     mutants = results(args.mutmut)
-    killed = [m for m in mutants if m.status == "killed"]
-    survived = [m for m in mutants if m.status != "killed"]
-    for m in survived:
-        m.diff = show(args.mutmut, m)
-    equivalent = [(m, r) for m in survived if (r := equivalent_reason(m)) is not None]
-    real = [m for m in survived if equivalent_reason(m) is None]
-    counted = len(mutants) - len(equivalent)
-    score = len(killed) / counted if counted else 0.0
+    for m in mutants:
+        if m.status != "killed":
+            m.diff = show(args.mutmut, m)
+    t = tally(mutants)
     statuses: dict[str, int] = {}
     for m in mutants:
         statuses[m.status] = statuses.get(m.status, 0) + 1
 
     lines = [
         f"mutants: {len(mutants)} ({', '.join(f'{k} {v}' for k, v in sorted(statuses.items()))})",
-        f"equivalent survivors: {len(equivalent)}",
-        f"non-equivalent survivors: {len(real)}",
-        f"score: {len(killed)}/{counted} non-equivalent mutants killed = {score:.1%}",
+        f"equivalent survivors: {len(t.equivalent)}",
+        f"not killed, not equivalent: {len(t.real)}",
+        f"score: {len(t.killed)}/{t.counted} non-equivalent mutants killed = {t.score:.1%}",
         "",
         "Equivalent survivors:",
     ]
-    lines += [f"- `{m.function.split('.')[-1]}`: `{m.added}`: {r}" for m, r in equivalent]
-    lines += ["", "Non-equivalent survivors (missing or weak checks):"]
-    for m in real:
+    lines += [f"- `{m.function.split('.')[-1]}`: `{m.removed}` -> `{m.added}`: {r}" for m, r in t.equivalent]
+    lines += ["", "Not killed and not equivalent (missing or weak checks, timeouts):"]
+    for m in t.real:
         lines += [f"- {m.name} ({m.status})", "```diff", m.diff.strip(), "```"]
-    if not real:
+    if not t.real:
         lines.append("- none")
     text = "\n".join(lines)
     print(text)
     if args.markdown:
         args.markdown.write_text(text + "\n")
-    return 0 if score >= args.fail_under else 1
+    return 0 if t.score >= args.fail_under else 1
 
 
 if __name__ == "__main__":
