@@ -5,8 +5,10 @@ holding that script's output (committed, under docs/measurements/), and the figu
 quoted. The test checks that the quoting file still says each figure, that the output
 says it too, and that the script and the output exist; so a figure cannot be changed in
 the docs without rerunning the script, nor the output regenerated without the docs
-following. Figures quoted elsewhere in the docs (docs/zoo.md, docs/benchmark.md,
-docs/threat-model.md, docs/mutation.md) are not covered yet: see issue 11.
+following. docs/benchmark.md's throughput table, its update cost and its efficiency are
+checked against the committed JSON of the run it quotes. Not covered yet (issue 11):
+docs/benchmark.md's other spot figures, docs/zoo.md, docs/threat-model.md and
+docs/mutation.md (whose score is stated as not re-measured).
 """
 
 from __future__ import annotations
@@ -55,3 +57,30 @@ def test_every_file_that_names_a_measurement_is_listed() -> None:
         text = path.read_text()
         for output in re.findall(r"docs/measurements/[\w.-]+", text):
             assert (str(path.relative_to(ROOT)), output) in listed, f"{path.relative_to(ROOT)} quotes {output}: list its figures"
+
+
+# -- docs/benchmark.md's table: the committed JSON of the run it quotes --------------------------
+
+BENCH_JSON = ROOT / "docs" / "bench" / "2026-11-22-decode.json"
+
+
+def test_benchmark_table_is_the_committed_run() -> None:
+    """Each row of the throughput table, rounded as printed, from docs/bench/*.json (written by
+    `python -m bench.decode --out DIR`, the run the doc names)."""
+    import json
+
+    doc = (ROOT / "docs" / "benchmark.md").read_text()
+    assert BENCH_JSON.name in doc
+    data = json.loads(BENCH_JSON.read_text())
+    rows = re.findall(r"^\| (small|larger) \| (\d+) \| ([\d.]+) \| ([\d.]+) \| \**([\d.]+)x\** \| ([\d.]+)x \| ([\d.]+)x \|$", doc, re.M)
+    assert len(rows) == 10, rows
+    measured = {(c["config"]["name"], t["new_tokens"]): t for c in data["configs"] for t in c["throughput"]}
+    for name, tokens, uncached, cached, speedup, roofline, exact in rows:
+        t = measured[(name, int(tokens))]
+        assert (uncached, cached) == (f"{t['uncached_tokens_per_s']:.1f}", f"{t['cached_tokens_per_s']:.1f}"), (name, tokens)
+        assert (speedup, roofline, exact) == (f"{t['speedup']:.2f}", f"{t['roofline_ratio']:.2f}",
+                                              f"{t['kv_projection_ratio_exact']:.1f}"), (name, tokens)
+    u = data["update"]
+    assert f"{u['first_s'] * 1e6:.2f} us at position 0 and {u['last_s'] * 1e6:.2f} us at 8191, ratio **{u['ratio']:.2f}**" in doc
+    e = data["efficiency"]
+    assert f"**efficiency {e['efficiency']:.2f}**" in doc

@@ -9,7 +9,9 @@ quick --jobs 1` in batch mode, two invocations at once. Then:
 - every hostile submission ends with exactly its twin's score (or its stated score; never
   above it for one that sabotages itself), the grader exits 0, within the time bound,
   with no forged report surviving;
-- grading a few submissions again, and with another --jobs, gives identical verdicts.
+- grading a few submissions again, and with another --jobs, gives identical verdicts;
+- every bug's minimal example (of its first failing check in an expected group), pasted
+  verbatim into `python -` in its directory, shows the failure (tests/zoo/replay.py).
 
 The summary table is printed (run with -s, or see the failure message) and written to
 $KVSPEC_ZOO_TABLE if set. `nox -s zoo` does the same with the default profile.
