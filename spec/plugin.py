@@ -15,7 +15,7 @@ from typing import Iterator
 import pytest
 
 from spec import profiles
-from spec.discovery import DiscoveryError, find_target
+from spec.discovery import DiscoveryError, Target, find_target
 from spec.isolation.driver import Driver
 from spec.results import Collector
 from spec.session import set_current_driver
@@ -31,7 +31,8 @@ OPTIONS = {
     "tensor": ("KVSPEC_TENSOR", "Tensor class as dotted.module:Name (default: the module's Tensor)"),
     "profile": ("KVSPEC_PROFILE", "quick | default | thorough (default: default)"),
     "seed": ("KVSPEC_SEED", "seed for the examples (default: 0)"),
-    "isolation": ("KVSPEC_ISOLATION", "none (in this process) | process (a killable worker per check)"),
+    "isolation": ("KVSPEC_ISOLATION", "none (in this process) | process (a killable worker per check) | user | sandbox (docs/threat-model.md)"),
+    "forkserver": ("KVSPEC_FORKSERVER", "socket of a fork server behind a wall (set by the grader; default: none, or one of our own for user/sandbox)"),
     "results": ("KVSPEC_RESULTS", "write one verdict per check (clauses, group, message) to this JSON file"),
 }
 
@@ -56,8 +57,8 @@ def pytest_configure(config: pytest.Config) -> None:
         profiles.activate(option(config, "profile") or profiles.DEFAULT_PROFILE, int(seed) if seed else profiles.DEFAULT_SEED)
     except ValueError as exc:
         raise pytest.UsageError(f"kvspec: {exc}") from None
-    if option(config, "isolation") == "process":
-        from spec.isolation.isolated import harden_grader_process
+    if option(config, "isolation") in ("process", "user", "sandbox"):
+        from spec.isolation.procfs import harden_grader_process
 
         harden_grader_process()  # workers (same user) cannot ptrace or read this process
     results = option(config, "results")
@@ -100,11 +101,40 @@ def make_driver(config: pytest.Config) -> Driver:
         from spec.isolation.local import LocalDriver
 
         return LocalDriver(target)
-    if isolation == "process":
+    if isolation in ("process", "user", "sandbox"):
         from spec.isolation.isolated import IsolatedDriver
 
-        return IsolatedDriver(target)
-    raise pytest.UsageError(f"kvspec: --kvspec-isolation must be none or process, not {isolation!r}")
+        forkserver = option(config, "forkserver")
+        if forkserver is None and isolation != "process":
+            target, forkserver = _own_wall(config, target, isolation)
+        return IsolatedDriver(target, forkserver=forkserver)
+    raise pytest.UsageError(f"kvspec: --kvspec-isolation must be none, process, user or sandbox, not {isolation!r}")
+
+
+def _own_wall(config: pytest.Config, target: Target, mode: str) -> tuple[Target, str]:
+    """No fork server given (a plain `pytest --kvspec-isolation=sandbox`): start one behind
+    a wall for this pytest process, on its first check, killed when the session ends."""
+    import shutil
+    import tempfile
+
+    from spec.isolation import wall
+
+    own = getattr(config, "_kvspec_wall", None)
+    if own is None:
+        private = Path(tempfile.mkdtemp(prefix="kvspec-wall-"))
+        own = wall.Wall(target, mode, private)
+        def stop() -> None:
+            own.kill_all()
+            shutil.rmtree(private, ignore_errors=True)
+
+        config.add_cleanup(stop)
+        setattr(config, "_kvspec_wall", own)
+        try:
+            own.start()
+        except wall.WallError as exc:
+            raise pytest.UsageError(f"kvspec: {exc}") from None
+    assert own.socket_path is not None
+    return own.target, own.socket_path
 
 
 @pytest.fixture

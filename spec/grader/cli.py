@@ -23,6 +23,7 @@ from spec.grader import batch, forms, reports
 from spec.grader.grade import Grade, failed_run, score
 from spec.grader.rubric import Check, Rubric, RubricError, fmt
 from spec.grader.rubric import load as load_rubric
+from spec.isolation import wall
 from spec.grader.run import TIME_LIMITS, GraderError, Options, RunResult, become_subreaper, collect, harden_self, run_suite, sweep
 
 PROG = "python -m spec grade"
@@ -55,8 +56,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--rubric", metavar="FILE", help="a rubric TOML file replacing the default one")
     p.add_argument("--fail-under", metavar="POINTS", type=float, help="exit 1 if the score is below POINTS")
     p.add_argument("--jobs", metavar="N", type=int, default=2, help="pytest-xdist workers per submission (default: 2)")
-    p.add_argument("--isolation", choices=("process", "none"), default="process",
-                   help="process: submission code runs in killable worker processes (default); none: in the test process (trusted code only)")
+    p.add_argument("--isolation", choices=wall.MODES,
+                   help="sandbox: bubblewrap namespaces; user: a dedicated unprivileged uid (grader as root); process: worker processes "
+                        "of the grader's user, not protected against hostile code; none: in the test process, trusted code only "
+                        "(default: the strongest this machine offers; docs/threat-model.md)")
     p.add_argument("--time-limit", metavar="SECONDS", type=float,
                    help="wall-clock limit of one submission's run (default: " + ", ".join(f"{k} {v:.0f}" for k, v in TIME_LIMITS.items()) + ")")
     p.add_argument("--quiet", action="store_true", help="print only the score line per submission")
@@ -73,6 +76,10 @@ def _args(argv: Sequence[str]) -> argparse.Namespace:
         raise UsageError(f"--fail-under must be a number of points >= 0, not {args.fail_under}")
     if args.time_limit is not None and not args.time_limit > 0:
         raise UsageError(f"--time-limit must be a positive number of seconds, not {args.time_limit}")
+    if args.isolation is None:
+        args.isolation = wall.strongest()
+    elif wall.unavailable(args.isolation):
+        raise UsageError(f"--isolation {args.isolation} is not available here: {wall.unavailable(args.isolation)}")
     if args.tensor is not None and ":" not in args.tensor:
         raise UsageError(f"--tensor takes dotted.module:ClassName, got {args.tensor!r}")
     if args.tensor_file is not None:
@@ -230,6 +237,8 @@ def run(argv: Sequence[str]) -> int:
             print(progress.note, flush=True)
 
     finished: list[batch.Finished] = []
+    if is_batch or args.quiet:
+        print(f"isolation: {options.isolation}" + (f" ({wall.warning(options.isolation)})" if wall.warning(options.isolation) else ""), flush=True)
     for i, member in enumerate(members, 1):
         done = progress.done.get(member.name) if progress else None
         if done is not None and done.grade is not None:  # a grader fault is tried again

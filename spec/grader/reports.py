@@ -21,6 +21,7 @@ from spec.clauses import GROUPS
 from spec.grader.grade import Grade, TestScore
 from spec.grader.rubric import fmt, to_points
 from spec.grader.safe_io import remove_tree
+from spec.isolation import wall
 from spec.session import EXAMPLE_END, EXAMPLE_START
 
 REPORT_FILES = ("results.json", "junit.xml", "report.md")
@@ -133,7 +134,7 @@ def header_lines(grade: Grade) -> list[str]:
         f"module: {grade.module}",
         f"Tensor: {grade.tensor}",
         f"profile: {grade.profile}, seed: {grade.seed}, isolation: {grade.isolation}, rubric: {grade.rubric}",
-    ]
+    ] + [f"warning: {line}" for line in [wall.warning(grade.isolation)] if line]
 
 
 def group_table(grade: Grade) -> list[tuple[str, str, str]]:
@@ -281,6 +282,8 @@ def junit_xml(grade: Grade) -> str:
         ("profile", grade.profile),
         ("seed", str(grade.seed)),
         ("rubric", grade.rubric),
+        ("isolation", grade.isolation),
+        *[("isolation_warning", line) for line in [wall.warning(grade.isolation)] if line],
     ):
         ET.SubElement(props, "property", {"name": name, "value": _xml(value)})
     for t in grade.tests:

@@ -24,6 +24,7 @@ private (0700) scratch directory that is never named to the submission:
 from __future__ import annotations
 
 import collections
+import contextlib
 import ctypes
 import ctypes.util
 import hmac
@@ -45,6 +46,7 @@ from typing import IO, Iterator
 from spec.discovery import Target
 from spec.grader.rubric import Check
 from spec.grader.safe_io import UnsafeFile, private_dir, read_bounded, remove_tree
+from spec.isolation import wall
 from spec.grader.stream import sign
 from spec.plugin import OPTIONS
 from spec.results import Verdict
@@ -501,8 +503,12 @@ def _run_pytest(target: Target, options: Options, group: str, select_group: bool
     killed = sweep()  # nothing of an earlier run may watch or touch this one
     if killed:
         notes.append(f"{killed} process(es) left running before this run started were killed.")
-    with _Scratch("kvspec-") as scratch:
+    with _Scratch("kvspec-") as scratch, contextlib.ExitStack() as phase:
         workdir = scratch.path
+        try:  # the submission's wall and its fork server, for this phase only (killed below)
+            walled = phase.enter_context(wall.start(target, options.isolation, workdir))
+        except wall.WallError as exc:
+            raise GraderError(f"internal error, a grader fault and not the submission's: {exc} (no score was written)") from None
         key = secrets.token_bytes(32)
         key_r, key_w = os.pipe()
         ready_r, ready_w = os.pipe()
@@ -514,7 +520,7 @@ def _run_pytest(target: Target, options: Options, group: str, select_group: bool
             f"--kvspec-grader-ready-fd={ready_w}",
             f"--kvspec-grader-{'only' if select_group else 'skip'}-group={group}",
             "-p", "no:randomly",
-        ] + _xdist(jobs) + _suite_options(target, options)  # fmt: skip
+        ] + _xdist(jobs) + walled.pytest_args() + _suite_options(walled.target, options)  # fmt: skip
         try:
             proc = subprocess.Popen(
                 cmd, cwd=workdir, env=_environment(), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
@@ -545,6 +551,7 @@ def _run_pytest(target: Target, options: Options, group: str, select_group: bool
             sweep()
             raise
         _kill_group(proc)  # anything left in the run's process group
+        walled.kill_all()  # everything behind the wall: its namespace, or its uid
         killed = sweep()  # and anywhere else in our tree: nothing may outlive its phase
         if killed:
             notes.append(f"{killed} process(es) left running after the run were killed.")

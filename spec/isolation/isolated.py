@@ -38,15 +38,8 @@ target in this process fail at once with the same timeout rather than wait again
 from __future__ import annotations
 
 import os
-import shutil
-import signal
-import subprocess
-import sys
-import tempfile
-import threading
 import time
 import weakref
-from pathlib import Path
 from typing import Any, Callable, NoReturn, TypeVar
 
 import numpy as np
@@ -69,6 +62,7 @@ from spec.isolation.driver import (
     SubmissionUnavailable,
 )
 from spec.isolation.local import CACHE_ATTRIBUTES
+from spec.isolation.workers import ForkedWorker, SpawnedWorker, WorkerHandle
 
 T = TypeVar("T")
 
@@ -76,14 +70,7 @@ DEFAULT_CALL_TIMEOUT = 10.0
 DEFAULT_IMPORT_TIMEOUT = 30.0
 DEFAULT_CHECK_BUDGET = 60.0
 DEFAULT_MEMORY_MB = 4096
-OUTPUT_HEAD = OUTPUT_TAIL = 32 * 1024
 EXIT_GRACE = 2.0  # seconds to wait for an exit status after the worker closed its pipe
-# The worker's environment is built from these (and LC_*), not copied: the grader's own
-# settings (KVSPEC_RESULTS, PYTEST_*, HYPOTHESIS_*) and any secrets stay out of its os.environ.
-# PYTHONPYCACHEPREFIX: the grader's private bytecode cache (spec/grader/run.py), never a
-# __pycache__ beside the installed sources, where a submission could have planted a .pyc.
-INHERITED_ENV = ("PATH", "HOME", "USER", "LOGNAME", "LANG", "LANGUAGE", "TZ", "TMPDIR", "TEMP", "TMP", "SYSTEMROOT", "COVERAGE_PROCESS_START",
-                 "PYTHONPYCACHEPREFIX")
 # Targets whose import hung past the import timeout in this process: later drivers fail at
 # once instead of each waiting out the same hang (an import is the same in every check).
 _IMPORT_HANGS: dict[Target, str] = {}
@@ -107,248 +94,6 @@ def _env_number(name: str, default: float) -> float:
     return value
 
 
-class _Output:
-    """Bytes a worker wrote to stdout/stderr: the first and last 32 KiB are kept."""
-
-    def __init__(self) -> None:
-        self.head = bytearray()
-        self.tail = bytearray()
-        self.total = 0
-
-    def add(self, chunk: bytes) -> None:
-        self.total += len(chunk)
-        room = OUTPUT_HEAD - len(self.head)
-        if room > 0:
-            self.head += chunk[:room]
-            chunk = chunk[room:]
-        if chunk:
-            self.tail += chunk
-            if len(self.tail) > 4 * OUTPUT_TAIL:
-                del self.tail[:-OUTPUT_TAIL]
-
-    def text(self) -> str:
-        tail = bytes(self.tail[-OUTPUT_TAIL:])
-        omitted = self.total - len(self.head) - len(tail)
-        middle = f"\n[... {omitted} bytes of output omitted ...]\n".encode() if omitted else b""
-        return (bytes(self.head) + middle + tail).decode("utf-8", errors="replace")
-
-
-def harden_grader_process() -> bool:
-    """Linux: make this process non-dumpable (PR_SET_DUMPABLE 0), so a worker running as
-    the same non-root user cannot ptrace it or read its /proc/<pid>/mem, environ or fds
-    (where it keeps verdicts and, under the grader, the key of its verdict stream). No
-    effect against root (CAP_SYS_PTRACE); see docs/threat-model.md. True if it took effect."""
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(4, 0, 0, 0, 0)  # PR_SET_DUMPABLE
-        return bool(libc.prctl(3, 0, 0, 0, 0) == 0)  # PR_GET_DUMPABLE
-    except (OSError, AttributeError):
-        return False
-
-
-def _group_members(session: int) -> list[int]:
-    """Processes in the worker's session (Linux /proc): catches children that moved to a
-    new process group with setpgid. (setsid escapes this too: see docs/threat-model.md.)"""
-    found = []
-    try:
-        entries = os.listdir("/proc")
-    except OSError:
-        return []
-    for entry in entries:
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", "rb") as f:
-                stat = f.read()
-        except OSError:
-            continue
-        fields = stat.rpartition(b")")[2].split()
-        if len(fields) > 3 and fields[3] == str(session).encode():
-            found.append(int(entry))
-    return found
-
-
-class _Worker:
-    """One worker process and its pipes. Holds no reference to the driver, so it can be
-    the target of the driver's weakref.finalize safety net."""
-
-    def __init__(self, memory_mb: int) -> None:
-        self.tmpdir = tempfile.mkdtemp(prefix="kvspec-worker-")
-        self.output = _Output()
-        self.lock = threading.Lock()
-        self.stop = threading.Event()
-        self.killed = False
-        self.fds: list[int] = []
-        req_r, self.req_w = self._pipe()
-        self.resp_r, resp_w = self._pipe()
-        self.out_fd, out_w = self._pipe()
-        try:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "spec.isolation.worker", str(req_r), str(resp_w), str(int(memory_mb)), str(os.getpid())],
-                stdin=subprocess.DEVNULL,
-                stdout=out_w,
-                stderr=out_w,
-                pass_fds=(req_r, resp_w),
-                close_fds=True,
-                cwd=self.tmpdir,
-                env=_worker_env(),
-                start_new_session=True,
-            )
-        except BaseException:
-            self._close_fds()
-            shutil.rmtree(self.tmpdir, ignore_errors=True)
-            raise
-        for fd in (req_r, resp_w, out_w):  # the worker's ends
-            self._close(fd)
-        os.set_blocking(self.req_w, False)
-        os.set_blocking(self.resp_r, False)
-        self.reader = protocol.Reader(self.resp_r)
-        os.set_blocking(self.out_fd, False)
-        self.thread = threading.Thread(target=self._drain, name=f"kvspec-output-{self.proc.pid}", daemon=True)
-        self.thread.start()
-
-    def _pipe(self) -> tuple[int, int]:
-        try:
-            r, w = os.pipe()
-        except BaseException:
-            self._close_fds()
-            shutil.rmtree(self.tmpdir, ignore_errors=True)
-            raise
-        self.fds += [r, w]
-        return r, w
-
-    def _close(self, fd: int) -> None:
-        if fd in self.fds:
-            self.fds.remove(fd)
-            try:
-                os.close(fd)
-            except OSError:
-                pass
-
-    def _close_fds(self) -> None:
-        for fd in list(self.fds):
-            self._close(fd)
-
-    # -- captured output ---------------------------------------------------------------
-    def _read_available(self) -> bool:
-        """Read what the pipe holds now (call with the lock held); False at end of file."""
-        if self.out_fd not in self.fds:
-            return False
-        while True:
-            try:
-                chunk = os.read(self.out_fd, 1 << 16)
-            except BlockingIOError:
-                return True
-            except OSError:
-                return False
-            if not chunk:
-                return False
-            self.output.add(chunk)
-
-    def _drain(self) -> None:
-        import select
-
-        poller = select.poll()
-        poller.register(self.out_fd, select.POLLIN)
-        while not self.stop.is_set():
-            with self.lock:
-                if not self._read_available():
-                    return
-            poller.poll(100)
-
-    def captured(self) -> str:
-        with self.lock:
-            self._read_available()
-            return self.output.text()
-
-    # -- status and death --------------------------------------------------------------
-    def exit_status(self, wait: float) -> tuple[str, str] | None:
-        """("exit", "exit code N") or ("signal", "killed by SIGX") once the worker has
-        exited (waiting up to `wait` s), without reaping it; None if it is still running."""
-        end = time.monotonic() + wait
-        while True:
-            try:
-                info = os.waitid(os.P_PID, self.proc.pid, os.WEXITED | os.WNOWAIT | os.WNOHANG)
-            except ChildProcessError:
-                code = self.proc.returncode
-                if code is None:
-                    return None
-                return ("signal", f"killed by {_signal_name(-code)}") if code < 0 else ("exit", f"exit code {code}")
-            if info is not None and info.si_pid:
-                if info.si_code == os.CLD_EXITED:
-                    return "exit", f"exit code {info.si_status}"
-                return "signal", f"killed by {_signal_name(info.si_status)}"
-            if time.monotonic() >= end:
-                return None
-            time.sleep(0.005)
-
-    def kill(self) -> None:
-        """SIGKILL the worker's process group (and session), reap it, collect the last of
-        its output, close the pipes, delete its directory. Idempotent."""
-        if self.killed:
-            return
-        self.killed = True
-        pid = self.proc.pid
-        # The worker is not reaped yet (a zombie at worst), so its pid, which is also its
-        # process group and session id, cannot have been reused.
-        for target in [None] + _group_members(pid):
-            try:
-                if target is None:
-                    os.killpg(pid, signal.SIGKILL)
-                else:
-                    os.kill(target, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:  # stuck in the kernel (uninterruptible): give up, never hang
-            pass
-        self.thread.join(1.0)  # end of file comes once every holder of the pipe is dead
-        self.stop.set()
-        self.thread.join(1.0)
-        with self.lock:
-            if self.thread.is_alive():  # not expected: leave the capture pipe to the thread
-                self.fds.remove(self.out_fd)
-            self._close_fds()
-        shutil.rmtree(self.tmpdir, ignore_errors=True)
-
-
-def _signal_name(number: int) -> str:
-    try:
-        return f"{signal.Signals(number).name} (signal {number})"
-    except ValueError:
-        return f"signal {number}"
-
-
-def _package_roots() -> list[str]:
-    import reference
-    import spec
-
-    roots = []
-    for package in (spec, reference):
-        root = str(Path(package.__file__ or ".").resolve().parent.parent)
-        if root not in roots:
-            roots.append(root)
-    return roots
-
-
-def _worker_env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k in INHERITED_ENV or k.startswith("LC_")}
-    existing = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
-    env["PYTHONPATH"] = os.pathsep.join(_package_roots() + existing)
-    env["PYTHONHASHSEED"] = "0"  # same submission, same seed: same set and dict orders
-    env["PYTHONDONTWRITEBYTECODE"] = "1"  # no __pycache__ left in the submission directory
-    env["PYTHONUNBUFFERED"] = "1"  # output written before a kill is not lost in a buffer
-    env["PYTHONIOENCODING"] = "utf-8:backslashreplace"
-    for name in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-        env[name] = "1"
-    return env
-
-
 class IsolatedDriver(Driver):
     """A Driver whose submission runs in a killable worker process (see the module docstring).
 
@@ -364,14 +109,16 @@ class IsolatedDriver(Driver):
         import_timeout: float | None = None,
         check_budget: float | None = None,
         memory_mb: int | None = None,
+        forkserver: str | None = None,
     ) -> None:
         self.target = target
+        self.forkserver = forkserver  # a fork server's socket (spec.isolation.wall), else spawn a worker
         self.call_timeout = call_timeout or _env_number("KVSPEC_CALL_TIMEOUT", DEFAULT_CALL_TIMEOUT)
         self.import_timeout = import_timeout or _env_number("KVSPEC_IMPORT_TIMEOUT", DEFAULT_IMPORT_TIMEOUT)
         self.check_budget = check_budget or _env_number("KVSPEC_CHECK_BUDGET", DEFAULT_CHECK_BUDGET)
         self.memory_mb = int(memory_mb if memory_mb is not None else _env_number("KVSPEC_WORKER_MEMORY_MB", DEFAULT_MEMORY_MB))
         self.spent = 0.0  # seconds spent waiting on the worker (start, import and calls)
-        self._worker: _Worker | None = None
+        self._worker: WorkerHandle | None = None
         self._finalizer: weakref.finalize[[], IsolatedDriver] | None = None
         self._seq = 0
         self._crash: tuple[str, str] | None = None  # kind "grader": a GraderFault
@@ -415,7 +162,10 @@ class IsolatedDriver(Driver):
         if self._worker is None:
             start = time.monotonic()
             try:
-                self._worker = _Worker(self.memory_mb)
+                if self.forkserver:
+                    self._worker = ForkedWorker(self.forkserver, self.memory_mb, max(self.import_timeout, DEFAULT_IMPORT_TIMEOUT))
+                else:
+                    self._worker = SpawnedWorker(self.memory_mb)
             except Exception as exc:
                 self._crash = ("grader", f"could not start the grading worker: {type(exc).__name__}: {exc}")
                 self._fail_crashed()

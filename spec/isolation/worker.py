@@ -26,7 +26,7 @@ import os
 import sys
 from typing import Any, Callable
 
-from spec.isolation import protocol
+from spec.isolation import procfs, protocol
 
 OPS = (
     "describe",
@@ -51,7 +51,7 @@ OPS = (
 )
 
 
-def _limit_resources(memory_mb: int) -> None:
+def limit_resources(memory_mb: int) -> None:
     import resource
 
     if memory_mb > 0:
@@ -63,23 +63,7 @@ def _limit_resources(memory_mb: int) -> None:
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
 
 
-def _die_with_parent(parent: int) -> None:
-    """Linux: SIGKILL this worker when the grader (its parent) dies, so an infinite loop
-    cannot outlive a grader that was itself killed. Elsewhere: best effort, nothing."""
-    if sys.platform.startswith("linux"):
-        try:
-            import ctypes
-            import signal
-
-            libc = ctypes.CDLL(None, use_errno=True)
-            libc.prctl(1, int(signal.SIGKILL), 0, 0, 0)  # PR_SET_PDEATHSIG
-        except (OSError, AttributeError):
-            pass
-    if os.getppid() != parent:  # the grader died before prctl took effect
-        os._exit(70)
-
-
-def _flush_output() -> None:
+def flush_output() -> None:
     for stream in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__):
         try:
             if stream is not None:
@@ -133,7 +117,7 @@ def serve(request_fd: int, response_fd: int) -> None:
 
     def announce_import() -> None:
         # From here on submission code may run; everything before was the grader's own.
-        _flush_output()
+        flush_output()
         protocol.write_blocking(response_fd, protocol.frame({"seq": seq, "phase": "import"}))
 
     while True:
@@ -163,7 +147,7 @@ def serve(request_fd: int, response_fd: int) -> None:
             reply = {"seq": seq, "ok": protocol.encode(result)}
         except BaseException as exc:  # everything the submission raised, and our own failures
             reply = {"seq": seq, "err": _describe_error(exc)}
-        _flush_output()
+        flush_output()
         try:
             data = protocol.frame(reply)
         except protocol.ProtocolError as exc:
@@ -174,8 +158,8 @@ def serve(request_fd: int, response_fd: int) -> None:
 def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
     request_fd, response_fd, memory_mb, parent = (int(a) for a in args)
-    _die_with_parent(parent)
-    _limit_resources(memory_mb)
+    procfs.die_with_parent(parent)  # an infinite loop cannot outlive a grader that was itself killed
+    limit_resources(memory_mb)
     import faulthandler
 
     faulthandler.enable()
@@ -187,7 +171,7 @@ def main(argv: list[str] | None = None) -> None:
     import spec.isolation.local  # noqa: F401
 
     serve(request_fd, response_fd)
-    _flush_output()
+    flush_output()
     os._exit(0)  # skip interpreter teardown: submission objects' __del__ and atexit hooks
 
 
