@@ -40,6 +40,13 @@ def bench(session: nox.Session) -> None:
 
 
 @nox.session(python=PYTHON)
+def bench_grade(session: nox.Session) -> None:
+    """Grading-speed benchmark: each isolation mode next to none, worker start, a zoo batch (figures only). ARGS: see python -m bench.grade -h."""
+    session.install("-e", ".")
+    session.run("python", "-m", "bench.grade", *session.posargs)
+
+
+@nox.session(python=PYTHON)
 def grade(session: nox.Session) -> None:
     """python -m spec grade ARGS in a fresh environment; no ARGS grades the bundled reference."""
     session.install("-e", ".")

@@ -252,6 +252,8 @@ def test_run_autograder_writes_no_score_when_the_grader_itself_fails(tmp_path: P
     site.mkdir()
     (site / "sitecustomize.py").write_text(
         "import os, sys\nif sys.orig_argv[1:3] == ['-m', 'spec.isolation.worker']:\n    os._exit(1)\n"
+        "if 'spec.isolation.forkserver' in sys.orig_argv:\n    import spec.isolation.worker\n"
+        "    spec.isolation.worker.serve = lambda *args: os._exit(1)\n"
     )
     upload = tmp_path / "upload"
     upload.mkdir()

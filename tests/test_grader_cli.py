@@ -162,9 +162,15 @@ def test_import_failure_is_a_graded_zero_with_the_traceback(tmp_path: Path) -> N
 # isolated worker, before it can import the submission: a broken grading environment.
 BREAKS_THE_WORKER = """\
 import os, sys
-if sys.orig_argv[1:3] == ["-m", "spec.isolation.worker"]:
+def broken(*args):
     sys.stderr.write("simulated: the grading worker cannot start\\n")
+    sys.stderr.flush()
     os._exit(1)
+if sys.orig_argv[1:3] == ["-m", "spec.isolation.worker"]:  # a worker spawned per check
+    broken()
+if "spec.isolation.forkserver" in sys.orig_argv:  # the workers a fork server forks
+    import spec.isolation.worker
+    spec.isolation.worker.serve = broken
 """
 
 
@@ -174,7 +180,8 @@ def test_a_worker_that_fails_before_importing_the_submission_is_a_grader_fault(t
     (site / "sitecustomize.py").write_text(BREAKS_THE_WORKER)
     loose(tmp_path / "good", GOOD)
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (str(site), os.environ.get("PYTHONPATH")) if p))
-    proc = grade("good", "--profile", "quick", "--out", "out", cwd=tmp_path, env=env)
+    # process: the sitecustomize on PYTHONPATH reaches the workers (the sandbox shows them nothing of tmp_path)
+    proc = grade("good", "--profile", "quick", "--isolation", "process", "--out", "out", cwd=tmp_path, env=env)
     assert proc.returncode == 2, proc.stdout + proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1, proc.stderr
@@ -220,13 +227,13 @@ with open(os.path.join(OUT, "results.json"), "w") as f:
 with open(os.path.join(OUT, "pwned.txt"), "w") as f:
     f.write("written by the submission")
 
-# Find the grader's verdict stream on an ancestor's command line and forge passes into it.
-pid = os.getppid()
-for _ in range(8):
+# Find the grader's verdict stream on any process's command line (an ancestor's, or under a
+# fork server a sibling's) and forge passes into it.
+for pid in [int(p) for p in os.listdir("/proc") if p.isdigit()]:
     try:
         args = open(f"/proc/{{pid}}/cmdline", "rb").read().split(b"\\0")
     except OSError:
-        break
+        continue
     for arg in args:
         name, _, value = arg.decode(errors="replace").partition("=")
         if name == "--kvspec-grader-stream":
@@ -238,10 +245,6 @@ for _ in range(8):
         if name == "--kvspec-results":
             with open(value, "w") as f:
                 f.write("[]")
-    try:
-        pid = int(open(f"/proc/{{pid}}/stat").read().rsplit(")", 1)[1].split()[1])
-    except (OSError, ValueError, IndexError):
-        break
 
 
 raise ImportError("nothing to see here")  # so the import check fails: its forged pass must not count
@@ -252,7 +255,8 @@ raise ImportError("nothing to see here")  # so the import check fails: its forge
 def test_a_submission_cannot_plant_or_forge_results(tmp_path: Path) -> None:
     out = tmp_path / "out"
     loose(tmp_path / "hostile", HOSTILE.format(out=str(out)))
-    proc = grade("hostile", "--profile", "quick", "--out", "out", cwd=tmp_path)
+    # process: the weakest wall, where the verdicts' authentication is what stops the forgery
+    proc = grade("hostile", "--profile", "quick", "--isolation", "process", "--out", "out", cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert sorted(p.name for p in out.iterdir()) == ["junit.xml", "report.md", "results.json"]
     data = results(out)
@@ -302,7 +306,7 @@ def test_processes_left_behind_are_killed_before_the_reports(tmp_path: Path) -> 
     pidfile, marker = tmp_path / "daemon.pid", tmp_path / "marker"
     loose(tmp_path / "daemon", DAEMON.format(pidfile=str(pidfile), marker=str(marker)))
     try:
-        proc = grade("daemon", "--profile", "quick", "--out", "out", cwd=tmp_path)
+        proc = grade("daemon", "--profile", "quick", "--isolation", "process", "--out", "out", cwd=tmp_path)  # its pidfile is in tmp_path
         assert proc.returncode == 0, proc.stdout + proc.stderr
         assert pidfile.exists(), "the daemon never started"
         size = marker.stat().st_size

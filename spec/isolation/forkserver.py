@@ -44,6 +44,7 @@ from typing import Any
 from spec.isolation import procfs
 
 MAX_REQUEST = 4096
+START_ROOM_MB = 64  # address space a worker needs beyond the server's before it serves
 
 
 @dataclass
@@ -243,6 +244,7 @@ def _become_worker(fds: list[int], workdir: str, memory_mb: int, drop: Drop | No
     procfs.die_with_parent(parent)
     from spec.isolation import worker
 
+    _check_room(memory_mb)
     worker.limit_resources(memory_mb)
     import faulthandler
 
@@ -250,6 +252,24 @@ def _become_worker(fds: list[int], workdir: str, memory_mb: int, drop: Drop | No
     worker.serve(request_fd, response_fd)
     worker.flush_output()
     os._exit(0)
+
+
+def _check_room(memory_mb: int) -> None:
+    """A cap on the address space below what this pre-loaded process already maps is the
+    grader's misconfiguration, not the submission's failure: exit before the phase message
+    (a GraderFault), as a fresh worker that cannot start under the cap would."""
+    if memory_mb <= 0:
+        return
+    try:
+        with open("/proc/self/status", "rb") as f:
+            size_kb = next(int(line.split()[1]) for line in f if line.startswith(b"VmSize:"))
+    except (OSError, StopIteration, ValueError, IndexError):
+        return
+    needed = size_kb // 1024 + START_ROOM_MB
+    if memory_mb < needed:
+        sys.stderr.write(f"KVSPEC_WORKER_MEMORY_MB={memory_mb} is below what a worker needs to start here (about {needed} MiB)\n")
+        sys.stderr.flush()
+        os._exit(1)
 
 
 def _open_fds() -> list[int]:
@@ -312,6 +332,7 @@ def main(argv: list[str] | None = None) -> None:
     sys.path[:] = [p for p in sys.path if p and os.path.abspath(p) != os.getcwd()]
     # The grader's modules, before any submission exists here: every worker inherits them.
     import numpy  # noqa: F401
+    import numpy.random  # noqa: F401  (loaded lazily by the reference model: load it here, under no cap)
 
     import reference.gpt  # noqa: F401
     import reference.tensor  # noqa: F401

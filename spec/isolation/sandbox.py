@@ -46,7 +46,8 @@ def bwrap_binary() -> str | None:
 
 def import_roots() -> list[str]:
     """What a worker needs to read: the Python install (and the virtual environment), the
-    site-packages of the dependencies, and the `spec` and `reference` package directories."""
+    site-packages of the dependencies, the `spec` and `reference` package directories, and
+    the grader's PYTHONPATH (which the workers' environment carries)."""
     import numpy
     import reference
     import spec
@@ -55,6 +56,7 @@ def import_roots() -> list[str]:
     for package in (spec, reference, numpy):
         roots.append(str(Path(package.__file__ or ".").resolve().parent))
     roots += [p for p in sys.path if p and os.path.isabs(p) and Path(p).resolve().is_relative_to(Path(sys.base_prefix).resolve())]
+    roots += [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p and os.path.isabs(p)]  # the workers get it too
     found: list[str] = []
     for root in roots:
         real = str(Path(root).resolve())
