@@ -636,13 +636,15 @@ def test_results_files_and_environment_stay_out_of_reach(tmp_path: Path, drivers
 # -- the whole suite under isolation ----------------------------------------------------
 
 
-def run_suite(tmp_path: Path, sub: Path, *args: str, env: dict[str, str] | None = None) -> tuple[subprocess.CompletedProcess[str], list[dict[str, object]]]:
+def run_suite(
+    tmp_path: Path, sub: Path, *args: str, env: dict[str, str] | None = None, isolation: str = "process"
+) -> tuple[subprocess.CompletedProcess[str], list[dict[str, object]]]:
     """The suite in a pytest subprocess, isolated, quick profile; its verdicts."""
     results = tmp_path / "results.json"
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("KVSPEC_", "PYTEST_XDIST", "PYTEST_CURRENT"))}
     command = [
         sys.executable, "-m", "pytest", "--pyargs", "spec.checks", "-p", "no:xdist", "-q", *args,
-        f"--kvspec-submission={sub}", "--kvspec-isolation=process", "--kvspec-profile=quick", f"--kvspec-results={results}",
+        f"--kvspec-submission={sub}", f"--kvspec-isolation={isolation}", "--kvspec-profile=quick", f"--kvspec-results={results}",
     ]  # fmt: skip
     run = subprocess.run(command, cwd=tmp_path, env={**clean, **(env or {})}, capture_output=True, text=True, timeout=600)
     verdicts = json.loads(results.read_text()) if results.exists() else []
@@ -711,7 +713,16 @@ def test_suite_under_isolation_never_imports_the_submission_into_the_grader(tmp_
     assert wait_dead([int(p) for row in rows for p in row]) == [], "no worker or child outlives the run"
 
 
-def test_a_failed_check_reports_what_the_worker_printed(tmp_path: Path) -> None:
+@pytest.mark.parametrize("isolation", ["process", "user", "sandbox"])
+def test_a_failed_check_reports_what_the_worker_printed(tmp_path: Path, isolation: str) -> None:
+    """Also the plugin's own wall: `pytest --kvspec-isolation=sandbox` (or user) without a
+    fork server given starts one for its session (not skipped under CI: see test_wall.py)."""
+    from spec.isolation import wall
+
+    if wall.unavailable(isolation):
+        if os.environ.get("CI"):
+            pytest.fail(f"isolation {isolation!r} must work on the CI machine: {wall.unavailable(isolation)}")
+        pytest.skip(f"isolation {isolation!r} is not available here: {wall.unavailable(isolation)}")
     body = cache_class(
         """
         def __init__(self, *args):
@@ -722,7 +733,7 @@ def test_a_failed_check_reports_what_the_worker_printed(tmp_path: Path) -> None:
     )
     sub = tmp_path / "sub"
     write_submission(sub, body)
-    run, verdicts = run_suite(tmp_path, sub, "-k", "test_attributes_read_back_as_given")
+    run, verdicts = run_suite(tmp_path, sub, "-k", "test_attributes_read_back_as_given", isolation=isolation)
     assert run.returncode == 1, run.stdout[-3000:] + run.stderr[-3000:]
     (verdict,) = verdicts
     message = str(verdict["message"])

@@ -8,7 +8,9 @@ ndarrays we allocate, dataclasses with checked field types), so a returned objec
 not carry behaviour, and an ndarray subclass with a lying `__eq__` arrives as a plain
 ndarray.
 
-One worker per driver, started on the first call; the plugin makes one driver per check,
+One worker per driver, started on the first call: forked by the fork server of a wall
+(`forkserver=` its socket; spec.isolation.wall, spec.isolation.forkserver) or, without one,
+spawned as a fresh interpreter (spec.isolation.workers); the plugin makes one driver per check,
 so a hang or a crash costs only the check in flight. Budgets (each raises
 SubmissionCrashed and kills the worker's whole process group):
 
