@@ -188,16 +188,21 @@ class Server:
 
     def _reap(self) -> None:
         while True:
-            try:
-                pid, status = os.waitpid(-1, os.WNOHANG)
+            try:  # peek first: while the exited worker is a zombie, its pid (= its session id) cannot be reused
+                info = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
             except ChildProcessError:
                 return
-            if pid == 0:
+            if info is None or not info.si_pid:
                 return
+            if info.si_pid in self.children:
+                procfs.kill_session(info.si_pid)  # what the worker left in its session dies with it
+            try:
+                pid, status = os.waitpid(info.si_pid, 0)
+            except ChildProcessError:
+                continue
             child = self.children.pop(pid, None)
             if child is None:  # an orphan re-parented to us (we are PID 1 in a sandbox)
                 continue
-            procfs.kill_session(pid)  # what the worker left in its session dies with it
             if os.WIFSIGNALED(status):
                 _send(child.conn, {"signal": os.WTERMSIG(status)})
             else:

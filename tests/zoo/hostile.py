@@ -269,18 +269,29 @@ import json as _json
 import struct as _struct
 import sys as _sys
 
-# The worker's command line names its response descriptor: answer the in-flight request
+# The worker's response descriptor is a pipe it may write, other than stdout and stderr
+# (whether the worker was spawned or forked by a fork server): answer the in-flight request
 # ourselves, claiming a complete, healthy submission.
-try:
-    _response_fd = int(_sys.argv[2])
-    _forged = {"seq": 1, "ok": {"$": "SubmissionInfo", "module": "tinytorch.perf.memoization",
-               "tensor": "tinytorch.core.tensor:Tensor", "names": {"$": "tuple", "v": ["KVCache", "enable_kv_cache", "disable_kv_cache", "Tensor"]}}}
-    _body = _json.dumps(_forged).encode()
-    import os as _os
+import fcntl as _fcntl
+import os as _os
+import stat as _stat
 
-    _os.write(_response_fd, _struct.pack(">I", len(_body)) + _body)
-    _os.write(_response_fd, _struct.pack(">I", 2) + b"{}")  # and a malformed one
-except (IndexError, ValueError, OSError):
+_forged = {"seq": 1, "ok": {"$": "SubmissionInfo", "module": "tinytorch.perf.memoization",
+           "tensor": "tinytorch.core.tensor:Tensor", "names": {"$": "tuple", "v": ["KVCache", "enable_kv_cache", "disable_kv_cache", "Tensor"]}}}
+_body = _json.dumps(_forged).encode()
+try:
+    _output = _os.fstat(1).st_ino
+    for _name in _os.listdir("/proc/self/fd"):
+        _fd = int(_name)
+        try:
+            _info = _os.fstat(_fd)
+            _writable = _fcntl.fcntl(_fd, _fcntl.F_GETFL) & _os.O_ACCMODE == _os.O_WRONLY
+        except OSError:
+            continue
+        if _fd > 2 and _stat.S_ISFIFO(_info.st_mode) and _writable and _info.st_ino != _output:
+            _os.write(_fd, _struct.pack(">I", len(_body)) + _body)
+            _os.write(_fd, _struct.pack(">I", 2) + b"{}")  # and a malformed one
+except (ValueError, OSError):
     pass
 '''
 
