@@ -34,9 +34,16 @@ import pytest
 from spec.grader import forms
 
 ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from tests.zoo.variants import apply, registry  # noqa: E402
+
 BASE = ROOT / "tests" / "zoo" / "base"
 MEMO = (BASE / "tinytorch" / "perf" / "memoization.py").read_text()
 TENSOR = (BASE / "tinytorch" / "core" / "tensor.py").read_text()
+# The 2026 course's module 18 as the zoo writes it in that release's style (generation scope, stand-in wrapper).
+MEMO_2026 = apply(registry()["course_2026_module18"])["tinytorch/perf/memoization.py"]
 # What a test cell in a student's notebook looks like; exported, it would fail the import.
 TEST_CELL = 'assert False, "a test cell ran: only #| export cells belong in the module"\n'
 # The 2025 package's __init__.py imports the whole course; a submission holds two modules of it.
@@ -103,10 +110,10 @@ def write_files(root: Path, files: dict[str, str]) -> Path:
     return root
 
 
-def student_repo(root: Path, suffix: str) -> Path:
+def student_repo(root: Path, suffix: str, memo: str = MEMO) -> Path:
     """A student's course repository as committed: notebooks under modules/, no package."""
     write_notebook(root / "modules" / "01_tensor" / f"tensor{suffix}", TENSOR, "core.tensor")
-    write_notebook(root / "modules" / "18_memoization" / f"memoization{suffix}", MEMO, "perf.memoization")
+    write_notebook(root / "modules" / "18_memoization" / f"memoization{suffix}", memo, "perf.memoization")
     (root / "README.md").write_text("my course work\n")
     return root
 
@@ -131,44 +138,29 @@ def zipped(path: Path, files: dict[str, str], prefix: str = "") -> Path:
 # -- every form, graded in one CLI call --------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def class_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[subprocess.CompletedProcess[str], Path, Path]:
-    d = tmp_path_factory.mktemp("forms")
-    uploads = d / "uploads"
-    uploads.mkdir()
-    student_repo(uploads / "ipynb", ".ipynb")
+def test_every_form_is_graded_through_the_cli(tmp_path: Path) -> None:
+    """One batch call (so one test: xdist would run a shared fixture once per worker)."""
+    uploads = tmp_path / "uploads"
+    student_repo(uploads / "ipynb", ".ipynb", MEMO_2026)  # the current course: 2026 module 18, as notebooks
     # percent .py notebooks, but the Tensor notebook does not parse: --tensor-file stands in
     write_notebook(uploads / "percent" / "modules" / "18_memoization" / "memoization.py", MEMO, "perf.memoization")
     write_files(uploads / "percent", {"modules/01_tensor/tensor.ipynb": '{"cells": [ {"cell_type": "code", "source": "#| default_exp core'})
     zipped(uploads / "zipped.zip", package_files("perf"), prefix="my-submission/")
     (uploads / "gradescope-tar").mkdir()
     tarball(uploads / "gradescope-tar" / "submission.tar.gz", package_files("2025"))
-    (d / "course_tensor.py").write_text(TENSOR)
+    (tmp_path / "course_tensor.py").write_text(TENSOR)
     before = {p: p.stat().st_mtime_ns for p in uploads.rglob("*")}
-    proc = grade(uploads, "--profile", "quick", "--isolation", "none", "--jobs", "1", "--tensor-file", "course_tensor.py", "--out", "out", cwd=d)
-    assert {p: p.stat().st_mtime_ns for p in uploads.rglob("*")} == before, "the grader wrote into a submission"
-    return proc, d / "out", uploads
-
-
-def report(out: Path, name: str) -> tuple[dict[str, Any], str]:
-    return json.loads((out / name / "results.json").read_text()), (out / name / "report.md").read_text()
-
-
-NAMES = ["gradescope-tar", "ipynb", "percent", "zipped.zip"]
-
-
-def test_every_form_gets_full_marks(class_run: tuple[subprocess.CompletedProcess[str], Path, Path]) -> None:
-    proc, out, _ = class_run
+    proc = grade(uploads, "--profile", "quick", "--isolation", "none", "--jobs", "1", "--tensor-file", "course_tensor.py", "--out", "out", cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    for name in NAMES:
+    assert {p: p.stat().st_mtime_ns for p in uploads.rglob("*")} == before, "the grader wrote into a submission"
+    out = tmp_path / "out"
+
+    for name in ("gradescope-tar", "ipynb", "percent", "zipped.zip"):  # full marks, each form
         data, text = report(out, name)
         assert data["score"] == 100, (name, [t["output"][:300] for t in data["tests"] if t["status"] != "passed"])
-        assert f"{name}: 100/100" in proc.stdout
-        assert "Traceback" not in text
+        assert f"{name}: 100/100" in proc.stdout and "Traceback" not in text
 
-
-def test_notebooks_are_exported_to_their_default_exp(class_run: tuple[subprocess.CompletedProcess[str], Path, Path]) -> None:
-    _, out, _ = class_run
+    # notebooks: exported to their default_exp, the Tensor notebook too
     for name, suffix in (("ipynb", ".ipynb"), ("percent", ".py")):
         _, text = report(out, name)
         assert f"- form: notebook modules/18_memoization/memoization{suffix} exported by the grader to tinytorch/perf/memoization.py" in text
@@ -177,29 +169,23 @@ def test_notebooks_are_exported_to_their_default_exp(class_run: tuple[subprocess
     assert "- form: notebook modules/01_tensor/tensor.ipynb exported by the grader to tinytorch/core/tensor.py" in text
     assert "- Tensor: tinytorch.core.tensor:Tensor, the submission's own, exported from modules/01_tensor/tensor.ipynb" in text
     assert "Tensor: tinytorch.core.tensor:Tensor" in data["output"]  # Gradescope's top-level output says it too
+    assert "course_tensor.py" not in text  # --tensor-file is for those whose own Tensor does not import
 
-
-def test_archives_are_extracted(class_run: tuple[subprocess.CompletedProcess[str], Path, Path]) -> None:
-    _, out, _ = class_run
+    # archives: extracted (a zip nesting a folder; a folder holding one .tar.gz, as Gradescope leaves it)
     _, text = report(out, "zipped.zip")
     assert "- form: handed in as the archive zipped.zip, extracted by the grader" in text
     _, text = report(out, "gradescope-tar")
     assert "- form: handed in as the archive submission.tar.gz, extracted by the grader" in text
     assert "- module: tinytorch.generation.kv_cache" in text
 
-
-def test_an_init_importing_missing_modules_is_left_out_and_said(class_run: tuple[subprocess.CompletedProcess[str], Path, Path]) -> None:
-    _, out, _ = class_run
-    _, text = report(out, "gradescope-tar")
+    # an __init__.py importing modules the upload lacks: left out, and said
     assert (
         "- form: tinytorch/__init__.py imports tinytorch.core.activations, tinytorch.core.layers, tinytorch.core.losses "
         "and 12 more, which the submission does not contain: tinytorch.generation.kv_cache was loaded under a bare "
         "tinytorch package (its __init__.py was not run)"
     ) in text
 
-
-def test_the_course_tensor_stands_in_for_one_that_does_not_parse(class_run: tuple[subprocess.CompletedProcess[str], Path, Path]) -> None:
-    _, out, _ = class_run
+    # the course's Tensor stands in for one whose notebook does not parse
     data, text = report(out, "percent")
     assert "- form: modules/01_tensor/tensor.ipynb was not used: it could not be read (NotJSONError: " in text
     assert (
@@ -207,8 +193,10 @@ def test_the_course_tensor_stands_in_for_one_that_does_not_parse(class_run: tupl
         "(its notebook modules/01_tensor/tensor.ipynb could not be read)"
     ) in text
     assert "Tensor: the course's Tensor from --tensor-file course_tensor.py" in data["output"]
-    _, own = report(out, "ipynb")
-    assert "course_tensor.py" not in own  # --tensor-file is for those whose own Tensor does not import
+
+
+def report(out: Path, name: str) -> tuple[dict[str, Any], str]:
+    return json.loads((out / name / "results.json").read_text()), (out / name / "report.md").read_text()
 
 
 # -- one-line errors, before anything runs -------------------------------------------------------
@@ -277,6 +265,11 @@ def test_archive_caps(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         with forms.prepared(str(zipped(tmp_path / "many.zip", files))):
             pass
     monkeypatch.setattr(forms, "MAX_FILES", 1000)
+    monkeypatch.setattr(forms, "MAX_ARCHIVE", 100)
+    with pytest.raises(forms.FormError, match="big.zip is larger than"):
+        with forms.prepared(str(zipped(tmp_path / "big.zip", files))):
+            pass
+    monkeypatch.setattr(forms, "MAX_ARCHIVE", 1 << 30)
     monkeypatch.setattr(forms, "MAX_BYTES", 2000)
     with pytest.raises(forms.FormError, match="MB of Python files and notebooks"):
         with forms.prepared(str(tarball(tmp_path / "big.tar.gz", files))):
@@ -318,6 +311,19 @@ def test_a_missing_tensor_without_tensor_file_is_said(tmp_path: Path) -> None:
     course = write_files(tmp_path, {"course_tensor.py": TENSOR}) / "course_tensor.py"
     with forms.prepared(str(upload), tensor_file=str(course)) as prepared:
         assert (Path(prepared.target.path or "") / "tinytorch" / "core" / "tensor.py").read_text() == TENSOR
+
+
+def test_the_tensor_is_found_where_the_module_imports_it(tmp_path: Path) -> None:
+    guarded = "try:\n    from tinytorch.core.tensor import Tensor\nexcept ImportError:\n    from tensor import Tensor\n"
+    upload = write_files(tmp_path / "loose", {"memoization.py": guarded + "class KVCache:\n    pass\n", "tensor.py": TENSOR})
+    with forms.prepared(str(upload)) as prepared:
+        assert prepared.target.module == "memoization" and prepared.tensor == "tensor:Tensor, the submission's own"
+    upload = write_files(tmp_path / "own", {"memoization.py": "def helper():\n    from tensor import Tensor\n\n\nclass Tensor:\n    pass\n"})
+    with forms.prepared(str(upload)) as prepared:
+        assert prepared.tensor == "memoization:Tensor, the module's own class"
+    upload = write_files(tmp_path / "broken", {"memoization.py": "from tensor import Tensor\n", "tensor.py": "class Tensor(:\n"})
+    with forms.prepared(str(upload)) as prepared:
+        assert prepared.tensor.startswith("tensor:Tensor, which will not import: the submission's tensor.py does not compile: SyntaxError at line 1")
 
 
 def test_a_class_folder_of_forms_is_a_batch(tmp_path: Path) -> None:

@@ -42,6 +42,7 @@ from spec.discovery import CANDIDATE_MODULES, REFERENCE_TENSOR, DiscoveryError, 
 
 MAX_FILES = 5000  # members of an archive, or files of a directory, looked at
 MAX_BYTES = 64 * 1024 * 1024  # bytes copied out of one submission (its .py and .ipynb files)
+MAX_ARCHIVE = 256 * 1024 * 1024  # bytes of an archive file itself
 KEPT_SUFFIXES = (".py", ".ipynb")
 ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tbz2", ".tar.xz", ".txz")
 SKIPPED_DIRS = {".git", ".hg", ".svn", "__pycache__", ".ipynb_checkpoints", ".venv", "venv", "node_modules", "__MACOSX"}
@@ -112,6 +113,8 @@ def _extract(archive: Path, dest: Path) -> None:
     """Regular files only, each under `dest`, within the caps; a bad archive is a FormError."""
     name = archive.name
     budget = _Budget(name)
+    if archive.stat().st_size > MAX_ARCHIVE:
+        raise FormError(f"{name} is larger than {MAX_ARCHIVE / 2**20:g} MB: upload only your tinytorch folder or notebooks")
 
     def write(rel: PurePosixPath | None, source: IO[bytes]) -> None:
         if rel is None or not rel.name.endswith(KEPT_SUFFIXES):
@@ -300,8 +303,8 @@ def _parse(path: Path) -> ast.Module | str:
         return ast.parse(path.read_bytes(), filename=str(path))
     except SyntaxError as exc:
         return f"{type(exc).__name__} at line {exc.lineno}: {exc.msg}"
-    except (ValueError, OSError) as exc:
-        return f"{type(exc).__name__}: {exc}"
+    except (ValueError, OSError, RecursionError, MemoryError) as exc:
+        return f"{type(exc).__name__}: {str(exc)[:200]}"
 
 
 def _absolute(node: ast.ImportFrom, package: str) -> str:
@@ -335,17 +338,32 @@ def _missing_imports(init: Path, package: str, root: Path) -> list[str]:
     return missing
 
 
-def _tensor_import(tree: ast.Module, module: str) -> tuple[str, str] | None:
-    """Where the cache module binds `Tensor`: ("import", "dotted.module") for the first
-    `from X import ... Tensor` anywhere at top level (try/except included), ("class", "")
-    for its own class; None if it binds no Tensor."""
+def _tensor_import(tree: ast.Module, module: str, root: Path) -> tuple[str, str] | None:
+    """Where the cache module binds `Tensor`: ("class", "") for its own class, else
+    ("import", "dotted.module") for a `from X import ... Tensor` at top level (try/except
+    included: the first X the submission holds, else the first X); None if it binds none."""
     package = module.rpartition(".")[0]
-    for node in ast.walk(tree):
-        if isinstance(node, ast.ClassDef) and node.name == "Tensor" and node in tree.body:
+    sources = []
+    for node in _top_level(tree.body):
+        if isinstance(node, ast.ClassDef) and node.name == "Tensor":
             return ("class", "")
         if isinstance(node, ast.ImportFrom) and any((a.asname or a.name) == "Tensor" for a in node.names):
-            return ("import", _absolute(node, package))
-    return None
+            sources.append(_absolute(node, package))
+    held = [s for s in sources if module_file(root, s) is not None]
+    return ("import", (held or sources)[0]) if sources else None
+
+
+def _top_level(body: list[ast.stmt]) -> Iterator[ast.stmt]:
+    """The statements that run when the module is imported: its body, and the blocks of
+    its top-level try and if statements (not function or class bodies)."""
+    for node in body:
+        yield node
+        if isinstance(node, ast.Try):
+            for block in (node.body, *(h.body for h in node.handlers), node.orelse, node.finalbody):
+                yield from _top_level(block)
+        elif isinstance(node, ast.If):
+            yield from _top_level(node.body)
+            yield from _top_level(node.orelse)
 
 
 # -- recognising a submission without preparing it (for class folders) ---------------------------
@@ -557,7 +575,7 @@ class _Builder:
         if isinstance(tree, str):
             self.tensor_words = f"not known: {target.module} does not compile ({tree})"
             return target
-        found = _tensor_import(tree, target.module)
+        found = _tensor_import(tree, target.module, root)
         course = f"the course's Tensor from --tensor-file {self.tensor_file.name}" if self.tensor_file else ""
         if found is None:
             if self.tensor_file is not None:
