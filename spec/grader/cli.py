@@ -21,6 +21,7 @@ from spec import profiles
 from spec.discovery import Target
 from spec.grader import batch, forms, reports
 from spec.grader.grade import Grade, failed_run, score
+from spec.grader.integrity import IntegrityError, check_install
 from spec.grader.rubric import Check, Rubric, RubricError, fmt
 from spec.grader.rubric import load as load_rubric
 from spec.isolation import wall
@@ -117,7 +118,8 @@ def _check_form(path: str, args: argparse.Namespace) -> None:
         raise UsageError(str(exc)) from None
 
 
-def _grade_one(member: batch.Member, args: argparse.Namespace, checks: list[Check], rubric: Rubric, options: Options) -> Grade:
+def _grade_one(member: batch.Member, args: argparse.Namespace, checks: list[Check], rubric: Rubric, options: Options,
+               install: str = "") -> Grade:
     start = time.monotonic()
     try:
         with forms.prepared(member.path, args.module, args.tensor, args.tensor_file) as prepared:
@@ -146,6 +148,7 @@ def _grade_one(member: batch.Member, args: argparse.Namespace, checks: list[Chec
         unscored=unscored,
         execution_time=time.monotonic() - start,
         output_tail=result.output_tail,
+        install=install,
     )
 
 
@@ -153,12 +156,12 @@ FAULT_FILE = "grader-fault.txt"
 
 
 def _grade_contained(member: batch.Member, args: argparse.Namespace, checks: list[Check], rubric: Rubric,
-                     options: Options) -> batch.Finished:
+                     options: Options, install: str = "") -> batch.Finished:
     """Grade one submission; whatever goes wrong with the grader while it does (an
     exception, a grader fault, a run it cannot clean up after) ends as a one-line fault
     of this submission alone, after every process it left is killed."""
     try:
-        return batch.Finished(member.name, _grade_one(member, args, checks, rubric, options))
+        return batch.Finished(member.name, _grade_one(member, args, checks, rubric, options, install))
     except GraderError as exc:
         line = str(exc)
     except Exception as exc:  # a defect of the grader met on this submission: contain it
@@ -219,6 +222,10 @@ def run(argv: Sequence[str]) -> int:
     except OSError as exc:
         raise UsageError(str(exc)) from None
     options = Options(args.profile, args.seed, args.jobs, args.isolation, args.time_limit or TIME_LIMITS[args.profile])
+    try:
+        install = check_install()
+    except IntegrityError as exc:
+        raise UsageError(str(exc)) from None
     harden_self()  # it holds the verdict keys
     become_subreaper()
     try:
@@ -247,7 +254,7 @@ def run(argv: Sequence[str]) -> int:
             continue
         if is_batch:
             print(f"[{i}/{len(members)}] grading {member.name} ...", flush=True)
-        result = _grade_contained(member, args, checks, rubric, options)
+        result = _grade_contained(member, args, checks, rubric, options, install)
         if result.grade is None and not is_batch:
             raise UsageError(result.fault)  # one submission: exit 2, one line, no reports
         _write_member(out, result, is_batch)

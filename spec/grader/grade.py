@@ -36,6 +36,7 @@ class Grade:
     unscored: list[str] = field(default_factory=list)  # groups with points but no checks
     execution_time: float = 0.0
     output_tail: str = ""
+    install: str = ""  # whether the grader's installed files were verified (spec/grader/integrity.py)
 
     @property
     def total(self) -> int:

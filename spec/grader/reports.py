@@ -134,7 +134,9 @@ def header_lines(grade: Grade) -> list[str]:
         f"module: {grade.module}",
         f"Tensor: {grade.tensor}",
         f"profile: {grade.profile}, seed: {grade.seed}, isolation: {grade.isolation}, rubric: {grade.rubric}",
-    ] + [f"warning: {line}" for line in [wall.warning(grade.isolation)] if line]
+    ] + [f"warning: {line}" for line in [wall.warning(grade.isolation)] if line] + (
+        [f"grader install: {grade.install}"] if grade.install else []
+    )
 
 
 def group_table(grade: Grade) -> list[tuple[str, str, str]]:
