@@ -110,7 +110,7 @@ def test_zoo(tmp_path_factory: pytest.TempPathFactory) -> None:
 
     assert set(run.exit_codes) == {0}, f"the grader exited {run.exit_codes}\n{run.stderr[-3000:]}\n{text}"
     assert set(repeat.exit_codes) == set(other_jobs.exit_codes) == {0}
-    assert len(run.graded) == len(variants), text
+    assert len(run.graded) == len([n for n in variants if not n.startswith("attack_")]), text
     bad = [x for x in verdicts if x.outcome in ("missed", "elsewhere", "false-failure", "fooled")]
     bad_twins = [x for x in verdicts if x.variant.kind == "twin" and x.outcome != "caught"]
     assert not bad and not bad_twins, text

@@ -6,7 +6,8 @@ private (0700) scratch directory that is never named to the submission:
 
 - isolated mode (-I): no cwd or script directory, PYTHON* variable or user site on
   sys.path; the bootstrap puts the grader's own install root first, so nothing a
-  submission can write is imported (`--confcutdir` keeps conftest.py files to spec/);
+  submission can write is imported (no conftest.py is read: `--noconftest`, and the
+  suite's own conftest is loaded as a plugin by name);
 - bytecode comes only from the grader's private cache (pycache_prefix), never from a
   `__pycache__` beside the installed sources, where a submission could plant a .pyc;
 - plugin autoloading off and an empty configuration file of ours: a submission's or a
@@ -186,7 +187,7 @@ def _base_command(workdir: Path) -> list[str]:
     return [
         *python_command(), "-c", BOOTSTRAP, ROOT,
         "--pyargs", "spec.checks", "-c", "kvspec-grader.ini", "--rootdir", ".",
-        "--confcutdir", str(Path(ROOT) / "spec"),
+        "--noconftest", "-p", "spec.checks.conftest",  # (pytest reads ./conftest.py when --pyargs names no path)
         *_plugins(), "-p", "no:cacheprovider",
         "-q", "--tb=no", "--no-header", "-r", "N", "--color=no",
     ]  # fmt: skip

