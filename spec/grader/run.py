@@ -26,8 +26,6 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import ctypes
-import ctypes.util
 import hmac
 import importlib.util
 import json
@@ -47,7 +45,7 @@ from typing import IO, Iterator
 from spec.discovery import Target
 from spec.grader.rubric import Check
 from spec.grader.safe_io import UnsafeFile, private_dir, read_bounded, remove_tree
-from spec.isolation import wall
+from spec.isolation import procfs, wall
 from spec.grader.stream import sign
 from spec.plugin import OPTIONS
 from spec.results import Verdict
@@ -59,7 +57,6 @@ COLLECT_LIMIT = 120.0
 MAX_MANIFEST = 8 << 20  # bytes: the check list is about 20 KB
 MAX_STREAM = 64 << 20  # bytes of verdict lines kept from one run (a verdict's message is capped at 20 KB)
 SWEEP_LIMIT = 20.0  # seconds spent freezing and killing leftovers after one phase
-PR_SET_CHILD_SUBREAPER = 36
 PR_SET_DUMPABLE = 4
 _subreaper = False  # set by become_subreaper(): only the grader's CLI process kills leftovers
 ROOT = str(Path(__file__).resolve().parents[2])  # the directory holding the grader's `spec` and `reference`
@@ -282,49 +279,13 @@ def become_subreaper() -> None:
     if not sys.platform.startswith("linux"):
         return
     _subreaper = True
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
-    except (OSError, AttributeError):
-        pass
+    procfs.become_subreaper()
 
 
 def harden_self() -> None:
     """Make this process non-dumpable (Linux): it will hold verdict keys. A same-user
     process can then neither ptrace it nor read its memory or descriptors in /proc."""
-    if not sys.platform.startswith("linux"):
-        return
-    try:
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)
-    except (OSError, AttributeError):
-        pass
-
-
-def _descendants() -> list[int]:
-    """Every live (not zombie) process below this one, from /proc."""
-    parents: dict[int, list[int]] = {}
-    try:
-        entries = os.listdir("/proc")
-    except OSError:
-        return []
-    for entry in entries:
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", "rb") as f:
-                fields = f.read().rpartition(b")")[2].split()
-        except OSError:
-            continue
-        if len(fields) > 1 and fields[0] != b"Z":
-            parents.setdefault(int(fields[1]), []).append(int(entry))
-    found: list[int] = []
-    todo = [os.getpid()]
-    while todo:
-        for child in parents.get(todo.pop(), []):
-            if child not in found:
-                found.append(child)
-                todo.append(child)
-    return found
+    procfs.harden_grader_process()
 
 
 def sweep(limit: float = SWEEP_LIMIT) -> int:
@@ -340,10 +301,10 @@ def sweep(limit: float = SWEEP_LIMIT) -> int:
     killed: set[int] = set()
     deadline = time.monotonic() + limit
     while time.monotonic() < deadline:
-        _reap()
+        procfs.reap()
         frozen: set[int] = set()
         while time.monotonic() < deadline:
-            new = [pid for pid in _descendants() if pid not in frozen]
+            new = [pid for pid in procfs.descendants() if pid not in frozen]
             if not new:
                 break
             for pid in new:
@@ -361,25 +322,14 @@ def sweep(limit: float = SWEEP_LIMIT) -> int:
                 pass
         killed |= frozen
         time.sleep(0.01)
-        _reap()
-    _reap()
+        procfs.reap()
+    procfs.reap()
     return len(killed)
 
 
 def kill_descendants() -> int:
     """Kept for callers of the old name: `sweep()`."""
     return sweep()
-
-
-def _reap() -> None:
-    """Collect the exit status of every child that has ended (orphans re-parented to us)."""
-    while True:
-        try:
-            pid, _ = os.waitpid(-1, os.WNOHANG)
-        except ChildProcessError:
-            return
-        if pid == 0:
-            return
 
 
 def _kill_group(proc: "subprocess.Popen[bytes]") -> None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import signal
 import sys
-import time
 
 PR_SET_PDEATHSIG = 1
 PR_GET_DUMPABLE = 3
@@ -53,8 +52,8 @@ def die_with_parent(parent: int) -> None:
 
 
 def become_subreaper() -> bool:
-    """Orphaned descendants are re-parented to this process instead of init, so
-    `kill_children` finds what a submission daemonised."""
+    """Orphaned descendants are re-parented to this process instead of init, so a sweep
+    of its `descendants` finds what a submission daemonised."""
     return _prctl(PR_SET_CHILD_SUBREAPER, 1) == 0
 
 
@@ -102,6 +101,22 @@ def children(parent: int | None = None) -> list[int]:
     return [pid for pid, fields in _stats() if len(fields) > 1 and fields[1] == key and fields[0] != b"Z"]
 
 
+def descendants(root: int | None = None) -> list[int]:
+    """Every live (not zombie) process below `root` (default: this process)."""
+    parents: dict[int, list[int]] = {}
+    for pid, fields in _stats():
+        if len(fields) > 1 and fields[0] != b"Z":
+            parents.setdefault(int(fields[1]), []).append(pid)
+    found: list[int] = []
+    todo = [os.getpid() if root is None else root]
+    while todo:
+        for child in parents.get(todo.pop(), []):
+            if child not in found:
+                found.append(child)
+                todo.append(child)
+    return found
+
+
 def reap() -> None:
     """Collect the exit status of every child of this process that has ended."""
     while True:
@@ -111,27 +126,6 @@ def reap() -> None:
             return
         if pid == 0:
             return
-
-
-def kill_children(rounds: int = 100) -> int:
-    """SIGKILL every child of this process and reap them, round after round until none is
-    left (with the subreaper flag: every descendant, as orphans are re-parented here).
-    Returns how many kills were sent."""
-    killed = 0
-    for _ in range(rounds):
-        reap()
-        found = children()
-        if not found:
-            break
-        for pid in found:
-            try:
-                os.kill(pid, signal.SIGKILL)
-                killed += 1
-            except ProcessLookupError:
-                pass
-        time.sleep(0.02)
-    reap()
-    return killed
 
 
 def uid_processes(uid: int) -> list[int]:
