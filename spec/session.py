@@ -175,7 +175,10 @@ class Session:
             parts.append(f"Hint:     {hint}")
         parts.append("Why:      " + c.why)
         parts.append(EXAMPLE_INTRO)
-        parts.append(self.script.render(call, show_line(call, got, show)))
+        last = show_line(call, got, show)
+        if call and not show and _PRINTED.match(call.split("  #", 1)[0].strip()):
+            call = None  # the failing read is a print: the "got:" print replaces it
+        parts.append(self.script.render(call, last))
         return SpecFailure(clause, "\n".join(parts))
 
     @contextmanager

@@ -63,7 +63,7 @@ def test_enable_returns_a_cache_sized_to_the_model(driver: Driver, config: Model
             raise s.fail("KV-MOD-1", want, got, hint=hints.get(attr, f"read it from model.{attr}"))
     state = model.state()
     if state.cache_enabled is not True:
-        raise s.fail("KV-MOD-1", True, state.cache_enabled, call=f"print({model.name}._cache_enabled)",
+        raise s.fail("KV-MOD-1", True, state.cache_enabled, call=f"print(getattr({model.name}, '_cache_enabled', None))",
                      hint="enable_kv_cache must set model._cache_enabled = True (None means the attribute is missing)")
     if not state.kv_cache_is_last_enabled:
         raise s.fail("KV-MOD-1", True, False, call=f"print({model.name}._kv_cache is {cache.name})",
