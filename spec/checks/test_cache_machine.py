@@ -171,9 +171,11 @@ class CacheMachine(RuleBasedStateMachine):
                 return (f"position {p} of layer {layer} of this new cache shows a {name[:-1]} written to an earlier "
                         "cache: the two share storage (a class attribute or a mutable default argument); "
                         "allocate the storage in __init__, per instance"), False
-            return (f"position {p} of layer {layer} was never written, yet {name} there are not zeros (and not "
-                    "anything written to this cache): unwritten positions read as zeros, pre-allocate with "
-                    "np.zeros (np.empty leaves garbage)"), False
+            return (f"position {p} of layer {layer} was never written, yet {name} there are not zeros (nor anything "
+                    "this example wrote): unwritten positions read as zeros, pre-allocate with np.zeros (np.empty "
+                    "leaves garbage). If the example prints zeros there in a fresh Python, the numbers came from "
+                    "earlier examples run in the same process: caches share storage (a class attribute or a "
+                    "mutable default argument)"), False
         if close(got, entry[1 - kind]):
             return "keys and values are swapped: keys go to the key storage, values to the value storage", False
         if not np.any(got):
