@@ -65,7 +65,9 @@ def explain(exc: BaseException, clauses: list[str]) -> str:
 RAISED_HINT = (
     "the example's last call raised. The checks make only calls the spec allows (a full cache, a bad "
     "layer or shape only where a clause asks for the error), so the error is your code's: the traceback "
-    "below shows where. Run the example to see it."
+    "below shows where. Run the example to see it. If it does not raise in a fresh Python, what an earlier "
+    "example did in the same process is still there: storage shared between caches (a class attribute, a "
+    "mutable default argument, a module-level array)."
 )
 _GRADER_DIR = str(Path(__file__).resolve().parent) + os.sep
 _FRAME = re.compile(r'^  File "([^"]*)", line \d+')
