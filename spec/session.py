@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable, Iterator, TypeVar
 
 import numpy as np
@@ -176,9 +176,13 @@ class Session:
         parts.append("Why:      " + c.why)
         parts.append(EXAMPLE_INTRO)
         last = show_line(call, got, show)
+        script = self.script
         if call and not show and _PRINTED.match(call.split("  #", 1)[0].strip()):
-            call = None  # the failing read is a print: the "got:" print replaces it
-        parts.append(self.script.render(call, last))
+            # The failing read is a print: the "got:" print replaces it (recorded or not).
+            if script.lines and script.lines[-1] == call:
+                script = replace(script, lines=script.lines[:-1])
+            call = None
+        parts.append(script.render(call, last))
         return SpecFailure(clause, "\n".join(parts))
 
     @contextmanager

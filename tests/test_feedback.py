@@ -55,6 +55,9 @@ def test_a_failure_message_carries_the_example_and_the_replay_judges_it() -> Non
     script = example(message)
     assert script is not None and script.startswith(EXAMPLE_START) and 'print("got:", cache.seq_pos)' in script
     assert script.count("cache.seq_pos") == 1  # the failing print is replaced, not repeated
+    s.record("print('cached:', tokens)")  # a print recorded in the script, then reported as the failing call
+    again = example(str(s.fail("KV-CON-1", [1], [2], "print('cached:', tokens)")))
+    assert again is not None and again.count("tokens)") == 1 and "print(\"got:\", 'cached:', tokens)" in again
     assert problem(message, 0, "got: 3\n", "") is None
     assert problem(message, 0, "got: 0\n", "") is not None  # the bug is fixed: it no longer reproduces
     assert problem(message, 1, "", "Traceback ...\nNameError: x\n") is not None
