@@ -181,7 +181,7 @@ def test_every_form_is_graded_through_the_cli(tmp_path: Path) -> None:
     # an __init__.py importing modules the upload lacks: left out, and said
     assert (
         "- form: tinytorch/__init__.py imports tinytorch.core.activations, tinytorch.core.layers, tinytorch.core.losses "
-        "and 12 more, which the submission does not contain: tinytorch.generation.kv_cache was loaded under a bare "
+        "and 12 more, which the submission does not contain or cannot import: tinytorch.generation.kv_cache was loaded under a bare "
         "tinytorch package (its __init__.py was not run)"
     ) in text
 
@@ -311,6 +311,24 @@ def test_a_missing_tensor_without_tensor_file_is_said(tmp_path: Path) -> None:
     course = write_files(tmp_path, {"course_tensor.py": TENSOR}) / "course_tensor.py"
     with forms.prepared(str(upload), tensor_file=str(course)) as prepared:
         assert (Path(prepared.target.path or "") / "tinytorch" / "core" / "tensor.py").read_text() == TENSOR
+
+
+def test_bare_parents_only_where_an_init_would_fail(tmp_path: Path) -> None:
+    files = package_files("perf") | {
+        "tinytorch/__init__.py": "from tinytorch.core.tensor import Tensor\nfrom .core import layers\n",
+        "tinytorch/core/layers.py": "def broken(:\n",
+        "tinytorch/perf/__init__.py": "try:\n    from .profiler import Profiler\nexcept ImportError:\n    Profiler = None\n",
+    }
+    with forms.prepared(str(write_files(tmp_path / "up", files))) as prepared:
+        root = Path(prepared.target.path or "")
+        (note,) = [f for f in prepared.form if "bare" in f]
+        assert note.startswith("tinytorch/__init__.py imports tinytorch.core.layers (which does not compile), which the submission")
+        assert "loaded under a bare tinytorch package" in note
+        assert "Profiler" in (root / "tinytorch" / "perf" / "__init__.py").read_text()  # a guarded import cannot fail: kept
+        assert "import" not in (root / "tinytorch" / "__init__.py").read_text().replace("imports", "")
+    fine = package_files("perf") | {"tinytorch/__init__.py": "from .core.tensor import Tensor\n"}
+    with forms.prepared(str(write_files(tmp_path / "fine", fine))) as prepared:
+        assert prepared.form == [] and "Tensor" in (Path(prepared.target.path or "") / "tinytorch" / "__init__.py").read_text()
 
 
 def test_the_tensor_is_found_where_the_module_imports_it(tmp_path: Path) -> None:

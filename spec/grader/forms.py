@@ -317,7 +317,7 @@ def _absolute(node: ast.ImportFrom, package: str) -> str:
 
 def _missing_imports(init: Path, package: str, root: Path) -> list[str]:
     """Modules of this submission's top package that `init` imports unconditionally but
-    the submission does not contain."""
+    the submission does not contain (or holds in a form that does not compile)."""
     tree = _parse(init)
     if isinstance(tree, str):
         return [f"(it does not compile: {tree})"]
@@ -329,12 +329,19 @@ def _missing_imports(init: Path, package: str, root: Path) -> list[str]:
             names = [alias.name for alias in node.names]
         elif isinstance(node, ast.ImportFrom):
             base = _absolute(node, package)
-            names = [base]
+            subs = [f"{base}.{alias.name}" for alias in node.names if alias.name != "*"]
             if base == package:  # `from . import x`: x must be a submodule
-                names = [f"{base}.{alias.name}" for alias in node.names if alias.name != "*"]
+                names = subs
+            else:  # `from .core import layers`: the package, and layers when it is a submodule
+                names = [base] + [sub for sub in subs if module_file(root, sub) is not None]
         for name in names:
-            if name.split(".")[0] == top and module_file(root, name) is None and name not in missing:
+            if name.split(".")[0] != top or name in missing:
+                continue
+            found = module_file(root, name)
+            if found is None:
                 missing.append(name)
+            elif isinstance(_parse(found), str):
+                missing.append(f"{name} (which does not compile)")
     return missing
 
 
@@ -562,7 +569,7 @@ class _Builder:
             shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
             init.write_text(f"# Left out by the kvspec grader: the submission's __init__.py imports {', '.join(missing)}.\n")
             self.form.append(
-                f"{init.relative_to(root)} imports {shown}, which the submission does not contain: "
+                f"{init.relative_to(root)} imports {shown}, which the submission does not contain or cannot import: "
                 f"{dotted} was loaded under a bare {package} package (its __init__.py was not run)"
             )
 
