@@ -210,7 +210,7 @@ def test_gradescope_packaging_commands(repo_clone: Path) -> None:
 
 def _run_autograder(tmp_path: Path, submission: Path | None, **extra_env: str) -> subprocess.CompletedProcess[str]:
     root = tmp_path / "autograder"
-    (root / "source").mkdir(parents=True)
+    (root / "source").mkdir(parents=True, exist_ok=True)
     if submission is None:
         (root / "submission").mkdir()
         (root / "submission" / "notes.txt").write_text("forgot to upload my code")
@@ -237,6 +237,19 @@ def test_run_autograder_grades_the_submission(tmp_path: Path) -> None:
     assert gradescope_problems(data) == [] and data["score"] == 0
     (imp,) = [t for t in data["tests"] if "import" in t["tags"]]
     assert "No module named 'tinytorch'" in imp["output"]
+
+
+def test_run_autograder_passes_the_course_tensor(tmp_path: Path) -> None:
+    upload = tmp_path / "upload"
+    upload.mkdir()  # cheap: the module still fails to import, after the Tensor question is settled
+    (upload / "memoization.py").write_text("from tinytorch.core.tensor import Tensor\n\nraise ImportError('not finished')\n")
+    (tmp_path / "autograder" / "source").mkdir(parents=True)
+    shutil.copy(ROOT / "examples" / "buggy-submission" / "tinytorch" / "core" / "tensor.py", tmp_path / "autograder" / "source" / "course_tensor.py")
+    proc, data = _autograder(tmp_path, upload)
+    assert proc.returncode == 0, proc.stderr
+    assert "Tensor: the course's Tensor from --tensor-file course_tensor.py, in place of tinytorch.core.tensor" in data["output"]
+    (imp,) = [t for t in data["tests"] if "import" in t["tags"]]
+    assert "not finished" in imp["output"] and "No module named 'tinytorch'" not in imp["output"]
 
 
 def test_run_autograder_explains_an_upload_without_code(tmp_path: Path) -> None:

@@ -339,6 +339,12 @@ def test_the_tensor_is_found_where_the_module_imports_it(tmp_path: Path) -> None
     upload = write_files(tmp_path / "own", {"memoization.py": "def helper():\n    from tensor import Tensor\n\n\nclass Tensor:\n    pass\n"})
     with forms.prepared(str(upload)) as prepared:
         assert prepared.tensor == "memoization:Tensor, the module's own class"
+    upload = write_files(tmp_path / "outside", {"memoization.py": "from reference.tensor import Tensor\n"})
+    with forms.prepared(str(upload)) as prepared:
+        assert prepared.tensor == "reference.tensor:Tensor (imported by memoization from outside the submission)"
+    upload = write_files(tmp_path / "lost", {"memoization.py": "from tinytorch.core.tensor import Tensor\n"})
+    with forms.prepared(str(upload)) as prepared:
+        assert prepared.tensor.startswith("tinytorch.core.tensor:Tensor, which will not import: the submission has no tinytorch.core.tensor")
     upload = write_files(tmp_path / "broken", {"memoization.py": "from tensor import Tensor\n", "tensor.py": "class Tensor(:\n"})
     with forms.prepared(str(upload)) as prepared:
         assert prepared.tensor.startswith("tensor:Tensor, which will not import: the submission's tensor.py does not compile: SyntaxError at line 1")

@@ -27,6 +27,7 @@ from __future__ import annotations
 import ast
 import configparser
 import contextlib
+import importlib.util
 import os
 import re
 import shutil
@@ -360,6 +361,15 @@ def _tensor_import(tree: ast.Module, module: str, root: Path) -> tuple[str, str]
     return ("import", (held or sources)[0]) if sources else None
 
 
+def _installed(top: str) -> bool:
+    """Whether a top-level package is importable in the grading environment (the grader's
+    own `reference`, say). Only looks it up: nothing is imported."""
+    try:
+        return importlib.util.find_spec(top) is not None
+    except (ImportError, ValueError):
+        return False
+
+
 def _top_level(body: list[ast.stmt]) -> Iterator[ast.stmt]:
     """The statements that run when the module is imported: its body, and the blocks of
     its top-level try and if statements (not function or class bodies)."""
@@ -596,7 +606,7 @@ class _Builder:
             self.tensor_words = f"{target.module}:Tensor, the module's own class"
             return target
         top = source.split(".")[0]
-        if not (root / top).is_dir() and not (root / f"{top}.py").is_file():
+        if not (root / top).is_dir() and not (root / f"{top}.py").is_file() and _installed(top):
             self.tensor_words = f"{source}:Tensor (imported by {target.module} from outside the submission)"
             return target
         self.tensor_module = source
