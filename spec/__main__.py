@@ -6,6 +6,7 @@ import sys
 
 USAGE = (
     "usage: python -m spec grade [SUBMISSION_DIR ...] [options]   (python -m spec grade --help)\n"
+    "       python -m spec merge SHARD_OUT... --out DIR   combine the outputs of grade --shard K/N\n"
     "       python -m spec rubric      print the default rubric (a starting point for --rubric FILE)"
 )
 
@@ -15,6 +16,10 @@ def main(argv: list[str]) -> int:
         from spec.grader.cli import main as grade
 
         return grade(argv[1:])
+    if argv[:1] == ["merge"]:
+        from spec.grader.merge import main as merge
+
+        return merge(argv[1:])
     if argv == ["rubric"]:
         from spec.grader.rubric import DEFAULT_RUBRIC
 

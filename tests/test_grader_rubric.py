@@ -12,6 +12,7 @@ import io
 import json
 import math
 import os
+import re
 import stat
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -285,21 +286,96 @@ def test_gradebook_and_class_summary() -> None:
     alice = grade_of({"test_get.py::test_0": False, "test_reset.py::test_0": False})
     alice.submission = "alice"
     bob = grade_of({"test_get.py::test_1": False})
-    bob.submission = "bob"
+    bob.submission, bob.timed_out = "bob", True
     rows = list(csv.reader(io.StringIO(batch.gradebook_csv([alice, bob]))))
-    assert rows[0][:3] == ["submission", "total", "max"] and "get" in rows[0] and "reset" in rows[0]
-    assert [r[0] for r in rows[1:]] == ["alice", "bob"]
-    assert rows[1][1] == fmt(alice.total) and rows[2][1] == fmt(bob.total)
+    assert rows[0][:5] == ["submission", "path", "status", "total", "max"] and "get" in rows[0] and "reset" in rows[0]
+    assert [r[:3] for r in rows[1:]] == [["alice", "/x/alice", "graded"], ["bob", "/x/alice", "timed out"]]
+    assert rows[1][3] == fmt(alice.total) and rows[2][3] == fmt(bob.total)
     summary = batch.class_summary_md([alice, bob])
-    table = [line for line in summary.splitlines() if line.startswith("| KV-")]
-    assert table[0].startswith("| KV-GET-1 | get | 2 of 2")
-    assert table[1].startswith("| KV-RST-1 | reset | 1 of 2")
+    table = [line for line in summary.splitlines() if line.startswith("| [KV-")]
+    assert table[0].startswith("| [KV-GET-1](docs/spec.md#kv-get-1-must) | get | 2 of 2")
+    assert table[1].startswith("| [KV-RST-1](docs/spec.md#kv-rst-1-must) | reset | 1 of 2")
     assert all("| 0 of 2 |" in line for line in table[2:])
 
 
-def test_batch_names_are_unique(tmp_path: Path) -> None:
-    paths = [tmp_path / "a" / "sub", tmp_path / "b" / "sub", tmp_path / "c" / "Sub"]
-    assert [m.name for m in batch.name_members(paths)] == ["sub", "sub-2", "Sub-3"]
+def _failing(clauses: tuple[str, ...], message: str, group: str = "get") -> Grade:
+    checks = [Check("test_x.py::test_multi", "test_multi", clauses, group)]
+    tests, _ = score(RunResult([Outcome(checks[0], False, message, 0.1)]), load())
+    return Grade("s", "s", "m", "t:T", "quick", 0, "none", "r", tests)
+
+
+@pytest.mark.parametrize(
+    "message, counted",
+    [
+        ("[KV-GET-1] MUST: get returns the prefix\nExpected: 2\nGot: 3", {"KV-GET-1"}),  # Session.fail: the one clause
+        ("[KV-GET-2] MUST: ...", {"KV-GET-2"}),
+        ("[KV-GET-1, KV-GET-2, KV-GET-3] your code raised IndexError: ...", {"KV-GET-1", "KV-GET-2", "KV-GET-3"}),
+        ("[KV-GET-1, KV-GET-2, KV-GET-3] not graded: the run reached its time limit", set()),
+        ("no bracket at all", {"KV-GET-1", "KV-GET-2", "KV-GET-3"}),
+    ],
+)
+def test_class_summary_counts_the_clause_a_check_failed_on(message: str, counted: set[str]) -> None:
+    summary = batch.class_summary_md([_failing(("KV-GET-1", "KV-GET-2", "KV-GET-3"), message)])
+    rows = {line.split("]")[0][3:]: line.split("|")[3].strip() for line in summary.splitlines() if line.startswith("| [KV-GET-")}
+    assert {c for c, n in rows.items() if n == "1 of 1"} == counted
+
+
+def test_class_summary_lists_import_failures_apart_and_shows_the_distribution() -> None:
+    good = grade_of({})
+    broken = grade_of({c.nodeid: False for c in synthetic_checks()}, message="[KV-IMP-1] boom")
+    broken.submission = "broken"
+    assert broken.status == "import failed"
+    summary = batch.class_summary_md([good, broken])
+    assert "| broken | import failed | [KV-IMP-1] boom |" in summary
+    assert "| [KV-GET-1](docs/spec.md#kv-get-1-must) | get | 0 of 1 |" in summary  # the failure counts no clause
+    assert "minimum 0, lower quartile 25, median 50, upper quartile 75, maximum 100; full marks: 1 of 2." in summary
+    bars = [re.findall(r"[)\]]\s+(\d+)", line)[0] for line in summary.splitlines() if line.startswith("[")]
+    assert bars == ["1"] + ["0"] * 8 + ["1"]
+
+
+def test_quantiles_and_histogram() -> None:
+    assert batch.quantiles([5000]) == (5000, 5000, 5000, 5000, 5000)
+    assert batch.quantiles([0, 10000, 5000, 2500]) == (0, 1875, 3750, 6250, 10000)
+    assert batch.histogram([0, 999, 1000, 9999, 10000], 10000) == [2, 1, 0, 0, 0, 0, 0, 0, 0, 2]
+
+
+def test_clause_anchors_are_the_headings_of_the_spec_document() -> None:
+    text = (Path(__file__).resolve().parent.parent / "docs" / "spec.md").read_text()
+    headings = {re.sub(r"[^a-z0-9 _-]", "", line[5:].lower()).replace(" ", "-") for line in text.splitlines() if line.startswith("#### ")}
+    assert all(batch.anchor(c.id) in headings for c in CLAUSES)
+
+
+@pytest.mark.parametrize("text, shard", [("1/3", (1, 3)), (" 3 / 3 ", (3, 3)), ("1/1", (1, 1))])
+def test_parse_shard(text: str, shard: tuple[int, int]) -> None:
+    assert batch.parse_shard(text) == shard
+
+
+@pytest.mark.parametrize("text", ["0/3", "4/3", "3", "a/b", "1/0", "-1/2"])
+def test_parse_shard_refuses(text: str) -> None:
+    with pytest.raises(ValueError, match="--shard"):
+        batch.parse_shard(text)
+
+
+def test_shards_partition_the_class() -> None:
+    members = batch.name_members([Path(f"/c/s{i}") for i in range(7)])
+    for n in (1, 2, 3, 7, 9):
+        parts = [batch.shard_of(members, k, n) for k in range(1, n + 1)]
+        assert sorted(i for part in parts for i in part) == list(range(7))
+        assert max(map(len, parts)) - min(map(len, parts)) <= 1
+
+
+def test_grades_round_trip_through_grades_json() -> None:
+    grade = grade_of({"test_get.py::test_0": False})
+    grade.notes, grade.unscored = ["a note"], ["memory"]
+    assert batch.grade_from_dict(json.loads(json.dumps(batch.grade_to_dict(grade)))) == grade
+
+
+def test_batch_names_are_paths_and_unique(tmp_path: Path) -> None:
+    paths = [tmp_path / "alice" / "hw5", tmp_path / "bob" / "hw5", tmp_path / "c" / "x y", tmp_path / "C" / "x y"]
+    assert [m.name for m in batch.name_members(paths)] == ["alice-hw5", "bob-hw5", "c-x_y", "C-x_y-2"]
+    klass = [tmp_path / "class" / name for name in ("alice", "bob")]
+    assert [m.name for m in batch.name_members(klass)] == ["alice", "bob"]
+
 
 
 @pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])

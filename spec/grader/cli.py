@@ -66,6 +66,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="print only the score line per submission")
     p.add_argument("--resume", action="store_true",
                    help="continue an interrupted batch in --out: submissions already graded there (with the same options) are not graded again")
+    p.add_argument("--shard", metavar="K/N", help="grade only part K of N of the class (a deterministic split; "
+                   "combine the N outputs with `python -m spec merge`)")
     return p
 
 
@@ -89,6 +91,11 @@ def _args(argv: Sequence[str]) -> argparse.Namespace:
         if not Path(args.tensor_file).is_file() or not args.tensor_file.endswith(".py"):
             raise UsageError(f"--tensor-file takes a Python file holding the course's Tensor class, got {args.tensor_file!r}")
         args.tensor_file = str(Path(args.tensor_file).resolve())
+    if args.shard is not None:
+        try:
+            args.shard = batch.parse_shard(args.shard)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
     return args
 
 
@@ -149,6 +156,7 @@ def _grade_one(member: batch.Member, args: argparse.Namespace, checks: list[Chec
         execution_time=time.monotonic() - start,
         output_tail=result.output_tail,
         install=install,
+        timed_out=result.timed_out,
     )
 
 
@@ -208,6 +216,19 @@ def _print_member(finished: batch.Finished, is_batch: bool, quiet: bool) -> None
         print(reports.summary_text(grade), flush=True)
 
 
+def _by_index(members: list[batch.Member], finished: list[batch.Finished], options: Options, rubric: Rubric) -> dict[int, Grade]:
+    """Each finished member's grade by its index in the class; a grader fault becomes an
+    empty grade with `fault` set (a gradebook row with status "grader fault", no score)."""
+    index = {m.name: j for j, m in enumerate(members)}
+    out = {}
+    for f in finished:
+        j = index[f.name]
+        out[j] = f.grade if f.grade is not None else Grade(
+            f.name, members[j].path, "", "", options.profile, options.seed, options.isolation, rubric.name, [], fault=f.fault
+        )
+    return out
+
+
 def run(argv: Sequence[str]) -> int:
     args = _args(argv)
     try:
@@ -217,6 +238,9 @@ def run(argv: Sequence[str]) -> int:
     members, is_batch = _members(args)
     if args.resume and not is_batch:
         raise UsageError("--resume continues a batch (several submissions); one submission is simply graded again")
+    if args.shard is not None and not is_batch:
+        raise UsageError("--shard splits a class: give a class directory or several submission directories")
+    selected = batch.shard_of(members, *args.shard) if args.shard else list(range(len(members)))
     try:
         out = reports.OutDir(Path(args.out), is_batch, keep=(batch.PROGRESS_DIR,) if args.resume else ())
     except OSError as exc:
@@ -246,14 +270,14 @@ def run(argv: Sequence[str]) -> int:
     finished: list[batch.Finished] = []
     if is_batch or args.quiet:
         print(f"isolation: {options.isolation}" + (f" ({wall.warning(options.isolation)})" if wall.warning(options.isolation) else ""), flush=True)
-    for i, member in enumerate(members, 1):
+    for i, member in enumerate([members[j] for j in selected], 1):
         done = progress.done.get(member.name) if progress else None
         if done is not None and done.grade is not None:  # a grader fault is tried again
             finished.append(done)
             out.keep(member.name)
             continue
         if is_batch:
-            print(f"[{i}/{len(members)}] grading {member.name} ...", flush=True)
+            print(f"[{i}/{len(selected)}] grading {member.name} ...", flush=True)
         result = _grade_contained(member, args, checks, rubric, options, install)
         if result.grade is None and not is_batch:
             raise UsageError(result.fault)  # one submission: exit 2, one line, no reports
@@ -269,8 +293,7 @@ def run(argv: Sequence[str]) -> int:
     if is_batch:
         for grade in grades:  # again: a later submission may have written into an earlier one's directory
             reports.write_reports(grade, out.subdir(grade.submission))
-        reports.write_atomic(out.path, "gradebook.csv", batch.gradebook_csv(grades))
-        reports.write_atomic(out.path, "class-summary.md", batch.class_summary_md(grades))
+        batch.write_class(out.path, members, _by_index(members, finished, options, rubric), args.shard)
         print(f"reports: {out.path}/<submission>/{{results.json,junit.xml,report.md}}, {out.path}/gradebook.csv, {out.path}/class-summary.md")
     else:
         print(f"reports: {out.path}/results.json, {out.path}/junit.xml, {out.path}/report.md")

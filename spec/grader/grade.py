@@ -37,6 +37,19 @@ class Grade:
     execution_time: float = 0.0
     output_tail: str = ""
     install: str = ""  # whether the grader's installed files were verified (spec/grader/integrity.py)
+    timed_out: bool = False  # the run hit its wall-clock limit
+    fault: str = ""  # a grader fault (not the submission's): why no score counts
+
+    @property
+    def status(self) -> str:
+        """graded | import failed | timed out | grader fault: what a gradebook row means."""
+        if self.fault:
+            return "grader fault"
+        if self.timed_out:
+            return "timed out"
+        if self.import_failed():
+            return "import failed"
+        return "graded"
 
     @property
     def total(self) -> int:

@@ -25,7 +25,7 @@ from spec.isolation import wall
 from spec.session import EXAMPLE_END, EXAMPLE_START
 
 REPORT_FILES = ("results.json", "junit.xml", "report.md")
-BATCH_FILES = ("gradebook.csv", "class-summary.md")
+BATCH_FILES = ("gradebook.csv", "class-summary.md", "grades.json", "score-histogram.png")
 _XML_BAD = re.compile("[^\x09\x0a\x0d\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
 
 

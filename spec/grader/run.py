@@ -105,6 +105,7 @@ class RunResult:
     output_tail: str = ""
     elapsed: float = 0.0
     returncode: int | None = None
+    timed_out: bool = False  # the run hit its wall-clock limit (a gradebook status)
 
 
 # -- the grader's private bytecode cache -----------------------------------------------------
@@ -592,4 +593,5 @@ def run_suite(target: Target, checks: list[Check], options: Options) -> RunResul
             line = _crash_line(ran.output, check)
             why = "no verdict: the process running this check died" + (f" ({line})" if line else "")
         outcomes.append(Outcome(check, False, f"[{cited}] {why}", 0.0))
-    return RunResult(outcomes, notes, "\n".join(outputs), time.monotonic() - start, phases[-1][1].returncode if phases else None)
+    timed_out = any(phase.timed_out for _, phase, _ in phases)
+    return RunResult(outcomes, notes, "\n".join(outputs), time.monotonic() - start, phases[-1][1].returncode if phases else None, timed_out)
