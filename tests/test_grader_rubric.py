@@ -8,6 +8,7 @@ applies to the results.json of real runs.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 import math
@@ -397,3 +398,63 @@ def test_ctrl_c_exits_130(monkeypatch: pytest.MonkeyPatch, capsys: pytest.Captur
     monkeypatch.setattr(cli, "run", interrupted)
     assert cli.main(["--profile", "quick"]) == 130
     assert capsys.readouterr().err == "python -m spec grade: interrupted\n"
+
+
+# -- visibility: what a student sees respects the rubric -----------------------------------------
+
+SECRET = "SECRET-MESSAGE-42"
+
+
+def student_sees(directory: Path) -> str:
+    """Everything of the reports a student can see before publication: results.json's
+    top-level output and its visible tests (Gradescope hides the others), junit.xml and
+    report.md; not report-full.md (the staff's)."""
+    data = json.loads((directory / "results.json").read_text())
+    seen = [data["output"]] if data.get("visibility", "visible") == "visible" else []
+    seen += [json.dumps(t) for t in data["tests"] if t["visibility"] == "visible" and data.get("visibility", "visible") == "visible"]
+    return "\n".join(seen + [(directory / "junit.xml").read_text(), (directory / "report.md").read_text()])
+
+
+@pytest.mark.parametrize(
+    "rubric, hidden",
+    [
+        ('[checks.test_get_1]\nvisibility = "hidden"\n', {"test_get_1"}),
+        ('[group_visibility]\nreset = "after_due_date"\n', {"test_reset_0", "test_reset_1"}),
+        ('[rubric]\nvisibility = "after_published"\n', {c.name for c in synthetic_checks()}),
+    ],
+    ids=["a check", "a group", "the whole rubric"],
+)
+def test_hidden_checks_appear_nowhere_a_student_can_see(tmp_path: Path, rubric: str, hidden: set[str]) -> None:
+    path = tmp_path / "rubric.toml"
+    points = "".join(f"{g} = {p / 100:g}\n" for g, p in load().group_points.items())
+    path.write_text(f"[groups]\n{points}{rubric}")
+    failing = {c.nodeid: False for c in synthetic_checks() if c.name in hidden or c.name == "test_get_0"}
+    grade = grade_of(failing, path)
+    grade.tests = [t if t.passed else dataclasses.replace(t, output=f"[{t.check.clauses[0]}] {SECRET}-{t.check.name}") for t in grade.tests]
+    assert {t.check.name for t in grade.tests if t.visibility != "visible"} == hidden
+    out = tmp_path / "out"
+    out.mkdir()
+    written = {p.name for p in reports.write_reports(grade, out)}
+    assert written == {"results.json", "junit.xml", "report.md", "report-full.md"}
+    seen = student_sees(out)
+    for name in hidden:
+        assert name not in seen and f"{SECRET}-{name}" not in seen, name
+    if "test_get_0" not in hidden:  # a visible failing check still shows its message
+        assert f"{SECRET}-test_get_0" in seen
+    data = json.loads((out / "results.json").read_text())
+    assert gradescope_problems(data) == [] and data["score"] == grade.total / 100  # the grade itself is whole
+    shown = [t for t in data["tests"] if t["visibility"] == "visible"]
+    if shown:  # the summary's points are those of the checks shown, nothing of the others
+        assert f": {fmt(sum(round(t['score'] * 100) for t in shown))}/{fmt(sum(round(t['max_score'] * 100) for t in shown))} points" in data["output"]
+        assert "are shown when grades are published" in data["output"]
+    else:
+        assert data["visibility"] == "after_published" and not list(ET.parse(out / "junit.xml").getroot().iter("testcase"))
+    full = (out / "report-full.md").read_text()
+    assert all(name in full for name in hidden if name in {t.check.name for t in grade.failing()})  # the staff see all
+
+
+def test_nothing_hidden_writes_the_usual_reports(tmp_path: Path) -> None:
+    grade = grade_of({"test_get.py::test_0": False})
+    assert reports.student_view(grade) is grade
+    assert sorted(p.name for p in reports.write_reports(grade, tmp_path)) == ["junit.xml", "report.md", "results.json"]
+    assert "visibility" not in json.loads((tmp_path / "results.json").read_text())

@@ -15,6 +15,7 @@ import re
 import shutil
 import tempfile
 import xml.etree.ElementTree as ET
+from dataclasses import replace
 from pathlib import Path
 
 from spec.clauses import GROUPS
@@ -24,7 +25,7 @@ from spec.grader.safe_io import remove_tree
 from spec.isolation import wall
 from spec.session import EXAMPLE_END, EXAMPLE_START
 
-REPORT_FILES = ("results.json", "junit.xml", "report.md")
+REPORT_FILES = ("results.json", "junit.xml", "report.md", "report-full.md")  # the last only when checks are hidden
 BATCH_FILES = ("gradebook.csv", "class-summary.md", "grades.json", "score-histogram.png")
 _XML_BAD = re.compile("[^\x09\x0a\x0d\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
 
@@ -112,11 +113,48 @@ def _umask() -> int:
 
 
 def write_reports(grade: Grade, directory: Path) -> list[Path]:
-    return [
+    """results.json (each test with its visibility, for Gradescope to enforce), and junit.xml
+    and report.md as a student may see them; report-full.md, everything, for the staff,
+    when the rubric hides checks."""
+    view = student_view(grade)
+    written = [
         write_atomic(directory, "results.json", results_json(grade)),
-        write_atomic(directory, "junit.xml", junit_xml(grade)),
-        write_atomic(directory, "report.md", report_md(grade)),
+        write_atomic(directory, "junit.xml", junit_xml(view)),
+        write_atomic(directory, "report.md", report_md(view)),
     ]
+    if view is not grade:
+        written.append(write_atomic(directory, "report-full.md", report_md(grade)))
+    return written
+
+
+# -- what a student may see --------------------------------------------------------------------
+
+# Gradescope's visibilities, least restrictive first.
+_VISIBILITIES = ("visible", "after_published", "after_due_date", "hidden")
+
+
+def student_view(grade: Grade) -> Grade:
+    """The grade as a student may see it before grades are published: only the checks whose
+    visibility is "visible" (a hidden check's, group's or rubric's name, score and message
+    appear nowhere else), and no raw test-run output (it names every check). The grade
+    itself when nothing is hidden."""
+    shown = [t for t in grade.tests if t.visibility == "visible"]
+    if len(shown) == len(grade.tests):
+        return grade
+    return replace(grade, tests=shown, output_tail="")
+
+
+def student_summary(grade: Grade) -> str:
+    """Gradescope's top-level output: the summary of the checks shown."""
+    view = student_view(grade)
+    if view is grade:
+        return summary_text(grade)
+    hidden = len(grade.tests) - len(view.tests)
+    if not view.tests:
+        return f"kvspec grade: {grade.submission}: your results are shown when grades are published ({hidden} checks)."
+    return summary_text(view) + (
+        f"\nThe points above are those of the {len(view.tests)} checks shown; {hidden} more are shown when grades are published."
+    )
 
 
 # -- shared pieces -----------------------------------------------------------------------------
@@ -244,10 +282,18 @@ def results_dict(grade: Grade) -> dict[str, object]:
     return {
         "score": to_points(grade.total),
         "execution_time": int(round(grade.execution_time)),
-        "output": summary_text(grade),
+        "output": student_summary(grade),
         "output_format": "text",
         "tests": tests,
-    }
+    } | _top_visibility(grade)
+
+
+def _top_visibility(grade: Grade) -> dict[str, object]:
+    """No check visible (say `[rubric] visibility = "after_published"`): the whole result,
+    its total score included, takes the least restrictive of the checks' visibilities."""
+    if not grade.tests or any(t.visibility == "visible" for t in grade.tests):
+        return {}
+    return {"visibility": min((t.visibility for t in grade.tests), key=_VISIBILITIES.index)}
 
 
 def results_json(grade: Grade) -> str:
