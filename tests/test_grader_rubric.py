@@ -112,7 +112,7 @@ def grade_of(passed: dict[str, bool], rubric_path: Path | None = None, message: 
     checks = synthetic_checks()
     result = RunResult([Outcome(c, passed.get(c.nodeid, True), "" if passed.get(c.nodeid, True) else message, 0.1) for c in checks])
     tests, unscored = score(result, rubric)
-    return Grade("alice", "/x/alice", "tinytorch.perf.memoization", "t:T", "quick", 0, "process", rubric.name, tests, [], unscored, 1.0)
+    return Grade("alice", "/x/alice", "tinytorch.perf.memoization", "t:T", "quick", 0, "process", rubric.name, tests, notes=[], unscored=unscored, execution_time=1.0)
 
 
 def test_default_rubric_is_100_points_over_every_group() -> None:
