@@ -458,3 +458,21 @@ def test_nothing_hidden_writes_the_usual_reports(tmp_path: Path) -> None:
     assert reports.student_view(grade) is grade
     assert sorted(p.name for p in reports.write_reports(grade, tmp_path)) == ["junit.xml", "report.md", "results.json"]
     assert "visibility" not in json.loads((tmp_path / "results.json").read_text())
+
+
+def test_merge_reads_shards_including_an_empty_one(tmp_path: Path) -> None:
+    members = batch.name_members([Path(f"/c/{name}") for name in ("ann", "ben", "cat")])
+    grades = {}
+    for j, m in enumerate(members):
+        grades[j] = grade_of({"test_get.py::test_0": j == 1})
+        grades[j].submission, grades[j].path = m.name, m.path
+    for k in range(1, 5):  # four shards for three submissions: shard 4 is empty
+        (tmp_path / f"s{k}").mkdir()
+        picked = {j: grades[j] for j in batch.shard_of(members, k, 4)}
+        (tmp_path / f"s{k}" / batch.GRADES_FILE).write_text(batch.grades_json(members, picked, (k, 4)))
+    got_members, got, sources = batch.read_shards([tmp_path / f"s{k}" for k in (3, 1, 4, 2)])
+    assert got_members == members and got == [grades[0], grades[1], grades[2]]
+    assert sources == [tmp_path / "s1", tmp_path / "s2", tmp_path / "s3"]
+    assert batch.class_summary_md(got) == batch.class_summary_md(list(grades.values()))
+    with pytest.raises(batch.MergeError, match="shard 4/4 is missing"):
+        batch.read_shards([tmp_path / f"s{k}" for k in (1, 2, 3)])

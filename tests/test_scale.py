@@ -61,14 +61,20 @@ def workspace(base: Path) -> Path:
     return base
 
 
+def unrandom(text: str) -> str:
+    """The grader grades a private copy of each submission in a fresh temporary directory,
+    whose random name shows in tracebacks: the same on every machine but for that name."""
+    return re.sub(r"kvspec-submission-[A-Za-z0-9_]+", "kvspec-submission-*", text)
+
+
 def same_as_single(merged: Path, single: Path) -> None:
     for name in ("gradebook.csv", "class-summary.md"):
         assert (merged / name).read_bytes() == (single / name).read_bytes(), name
     for student in ("dan", "erin", "frank"):
-        ours, theirs = (json.loads((d / student / "results.json").read_text()) for d in (merged, single))
+        ours, theirs = (json.loads(unrandom((d / student / "results.json").read_text())) for d in (merged, single))
         ours.pop("execution_time"), theirs.pop("execution_time")
         assert ours == theirs, student
-        assert (merged / student / "report.md").read_text() == (single / student / "report.md").read_text()
+        assert unrandom((merged / student / "report.md").read_text()) == unrandom((single / student / "report.md").read_text())
 
 
 def keep(directory: Path, where: Path) -> Path:

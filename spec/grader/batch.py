@@ -319,7 +319,8 @@ def class_summary_md(grades: list[Grade], image: str | None = None) -> str:
         out += ["| submission | status | why |", "| --- | --- | --- |"]
         for grade in sorted(not_scored, key=lambda g: g.submission):
             first = next((t.output for t in grade.tests if t.check.group == "import" and not t.passed), grade.fault)
-            why = " ".join(first.split())[:160].replace("|", "\\|")
+            line = next((ln.strip() for ln in first.splitlines() if ln.strip()), "")  # not the traceback
+            why = line[:200].replace("|", "\\|")
             out.append(f"| {grade.submission} | {grade.status} | {why} |")
     out += ["", "## Submissions", "", "| submission | status | score |", "| --- | --- | ---: |"]
     for grade in sorted(grades, key=lambda g: (g.total, g.submission)):
