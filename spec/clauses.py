@@ -166,12 +166,13 @@ CLAUSES: tuple[Clause, ...] = (
     Clause(
         "KV-BND-3", "MUST", "bounds",
         "`update` when `seq_pos == max_seq_len` raises `ValueError` whose message contains that number "
-        "(position and limit are then equal; the course's `Sequence position 128 >= max_seq_len 128`).",
+        "(position and limit are then equal; the course's `Sequence position 128 >= max_seq_len 128`); "
+        "below it, a valid update does not raise.",
         "A full cache is the course's first common error; the message must say which limit was hit.",
     ),
     Clause(
         "KV-BND-4", "MUST", "bounds",
-        "`advance` when `seq_pos == max_seq_len` raises `ValueError`.",
+        "`advance` when `seq_pos == max_seq_len` raises `ValueError`; below it, advance does not raise.",
         "Every other rule relies on 0 <= seq_pos <= max_seq_len; past it, get cannot return seq_pos "
         "positions. Releases that let advance run on are the edge this clause decides.",
     ),
@@ -216,10 +217,13 @@ CLAUSES: tuple[Clause, ...] = (
     ),
     Clause(
         "KV-MEM-4", "MUST", "memory",
-        "The storage is allocated when the cache is built and matches the report: the bytes a new cache "
-        "holds are within 5% (plus 64 KiB of bookkeeping) of `total_elements * 4`.",
-        "Pre-allocation is the design the module teaches; float64 storage reported as float32 holds twice "
-        "what it claims.",
+        "The storage is allocated when the cache is built: the bytes a new cache holds are at least 95% of "
+        "`2 * L * B * H * S * D * 4` (the formula, not the cache's own report) and less than 1.5 times it.",
+        "Pre-allocation in float32 is the design the module teaches: lazy storage holds nothing at "
+        "construction and float64 holds twice the formula. How the bytes are laid out is the "
+        "implementation's business: the bound leaves room for the object overhead of a layout of many "
+        "small arrays (one per layer and position costs about a tenth more at the check's 2 KiB slices), "
+        "not for a second copy.",
     ),
     # -- attention ---------------------------------------------------------------------
     Clause(

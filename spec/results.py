@@ -22,7 +22,7 @@ import pytest
 
 from spec.clauses import BY_ID, group_of
 from spec.isolation.driver import GraderFault, SubmissionCrashed, SubmissionRaised, SubmissionUnavailable
-from spec.session import EXAMPLE_INTRO, SpecFailure
+from spec.session import EXAMPLE_INTRO, NotMeasured, SpecFailure
 
 MAX_OUTPUT = 20_000
 
@@ -37,6 +37,7 @@ class Verdict:
     message: str  # empty when passed
     duration: float
     fault: str = ""  # a GraderFault's detail: the grader failed before the submission's code ran; not scored
+    blocked_by: str = ""  # not measured: the clause whose failure stood in the way (no credit)
 
 
 def explain(exc: BaseException, clauses: list[str]) -> str:
@@ -139,6 +140,8 @@ class Collector:
         if report.failed and call.excinfo is not None:
             if isinstance(call.excinfo.value, GraderFault):
                 report.user_properties.append(("kvspec_fault", call.excinfo.value.detail))
+            if isinstance(call.excinfo.value, NotMeasured):
+                report.user_properties.append(("kvspec_blocked", call.excinfo.value.blocked_by))
             message = explain(call.excinfo.value, clauses)
             output = captured_output(item)
             if output:
@@ -163,6 +166,9 @@ class Collector:
             fault = props.get("kvspec_fault")
             if fault and not v.fault:
                 v.fault = str(fault)
+            blocked = props.get("kvspec_blocked")
+            if blocked and not v.blocked_by:
+                v.blocked_by = str(blocked)
             message = props.get("kvspec_message")
             if not message:
                 message = f"[{', '.join(v.clauses)}] {'skipped' if report.skipped else 'failed'} in {report.when}: {report.longreprtext[-MAX_OUTPUT:]}"

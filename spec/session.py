@@ -57,6 +57,41 @@ class SpecFailure(AssertionError):
         self.clause = clause
 
 
+class NotMeasured(SpecFailure):
+    """The check could not measure its clause: it earns nothing, and the message names the
+    clause (`blocked_by`) whose failure stood in the way, so the student fixes that first."""
+
+    def __init__(self, clause: str, blocked_by: str, message: str) -> None:
+        super().__init__(clause, message)
+        self.blocked_by = blocked_by
+
+
+class Refused(SubmissionRaised):
+    """update or advance raised a ValueError while seq_pos < max_seq_len: a capacity check
+    that fires early, the bounds checks' failure (`owner`: KV-BND-3 or KV-BND-4). Checks of
+    other groups go around it (spec.checks._evidence.tolerant) instead of failing for it."""
+
+    def __init__(self, exc: SubmissionRaised, owner: str) -> None:
+        super().__init__(exc.type_name, exc.mro, exc.message, exc.traceback)
+        self.owner = owner
+
+
+def not_measured(clause: str, blocked_by: str, what: str, script: str = "") -> NotMeasured:
+    """Build the report of a check that measured nothing (raise it)."""
+    c, b = BY_ID[clause], BY_ID[blocked_by]
+    parts = [
+        f"[{c.id}] not measured: blocked by {b.id} ({b.group})",
+        f"Clause:   {c.level}: {c.text}",
+        f"Why not:  {what}",
+        f"Blocker:  [{b.id}] {b.text}",
+        "No credit: a check earns its points by measuring its clause. Once "
+        f"{b.id} holds, this check can measure it.",
+    ]
+    if script:
+        parts += ["Example of the blocked measurement (run it from your submission's directory):", script]
+    return NotMeasured(clause, blocked_by, "\n".join(parts))
+
+
 def _fmt(value: object) -> str:
     if isinstance(value, np.ndarray):
         return np.array2string(value, precision=4, threshold=40, separator=", ")
@@ -259,13 +294,33 @@ class CacheRef:
 
     def update(self, layer_idx: int, key: Data, value: Data) -> None:
         self.s.record(f"{self.name}.update({layer_idx!r}, {key.code()}, {value.code()})")
-        self.s.call(lambda: self.s.driver.update(self.handle, layer_idx, key.array(), value.array()))
+        with self.refusals("KV-BND-3"):
+            self.s.call(lambda: self.s.driver.update(self.handle, layer_idx, key.array(), value.array()))
 
     def update_then_mutate(self, layer_idx: int, key: Data, value: Data, fill: float) -> None:
         self.s.record(f"k, v = {key.code()}, {value.code()}")
         self.s.record(f"{self.name}.update({layer_idx!r}, k, v)")
         self.s.record(f"k.data[...] = {fill!r}; v.data[...] = {fill!r}  # the caller reuses its buffers")
-        self.s.call(lambda: self.s.driver.update_then_mutate(self.handle, layer_idx, key.array(), value.array(), fill))
+        with self.refusals("KV-BND-3"):
+            self.s.call(lambda: self.s.driver.update_then_mutate(self.handle, layer_idx, key.array(), value.array(), fill))
+
+    @contextmanager
+    def refusals(self, owner: str) -> Iterator[None]:
+        """A ValueError while seq_pos < max_seq_len becomes Refused (see there)."""
+        try:
+            yield
+        except SubmissionRaised as exc:
+            if not exc.is_a("ValueError") or isinstance(exc, Refused):
+                raise
+            try:
+                pos, limit = (self.s.driver.attribute(self.handle, a) for a in ("seq_pos", "max_seq_len"))
+            except (SubmissionRaised, SubmissionCrashed, SubmissionUnavailable):
+                raise exc from None
+            if isinstance(pos, int) and isinstance(limit, int) and 0 <= pos < limit:
+                refused = Refused(exc, owner)
+                refused.kvspec_script = getattr(exc, "kvspec_script", "")  # type: ignore[attr-defined]
+                raise refused from None
+            raise
 
     def get(self, layer_idx: int) -> tuple[FloatArray, FloatArray]:
         self.s.query(f"keys, values = {self.name}.get({layer_idx!r})")
@@ -273,7 +328,8 @@ class CacheRef:
 
     def advance(self) -> None:
         self.s.record(f"{self.name}.advance()")
-        self.s.call(lambda: self.s.driver.advance(self.handle))
+        with self.refusals("KV-BND-4"):
+            self.s.call(lambda: self.s.driver.advance(self.handle))
 
     def reset(self) -> None:
         self.s.record(f"{self.name}.reset()")

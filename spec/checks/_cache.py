@@ -6,19 +6,36 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from spec.checks._evidence import current
 from spec.data import Pattern
-from spec.isolation.driver import FloatArray
-from spec.session import CacheRef
+from spec.isolation.driver import FloatArray, SubmissionRaised
+from spec.session import CacheRef, Session
 from spec.strategies import CacheConfig
 
 
-def write_history(caches: tuple[CacheRef, ...], config: CacheConfig, tokens: int, first_tag: int = 1) -> int:
+def write_history(caches: tuple[CacheRef, ...], config: CacheConfig, tokens: int, first_tag: int = 1,
+                  tolerate: bool = True) -> int:
     """Decode `tokens` tokens into every cache alike: each layer updates, then advance.
     Keys are pattern(t), values pattern(-t), t distinct per write. Returns the next tag.
 
     Stops early if the first cache reports seq_pos >= max_seq_len: an update or advance
     that moves seq_pos too far is the update or advance check's business, and running
-    into the capacity limit here would fail a check of another group with its error."""
+    into the capacity limit here would fail a check of another group with its error.
+    Likewise (unless `tolerate` is False) when an update or advance raises: the history
+    is then shorter, the check goes on with it, and the evidence names the owner."""
+    if not tolerate:
+        return _write_history(caches, config, tokens, first_tag)
+    try:
+        return _write_history(caches, config, tokens, first_tag)
+    except SubmissionRaised as exc:
+        s = caches[0].s
+        owner = "KV-BND-3" if exc.is_a("ValueError") else "KV-UPD-1"
+        current().blocked(owner, f"writing a history of {tokens} tokens raised {exc.type_name}: {exc.message}", s)
+        s.record(f"# that call raised {exc.type_name}; the check goes on with the history written so far")
+        return first_tag + 10_000  # fresh tags: no later write repeats one of the history's
+
+
+def _write_history(caches: tuple[CacheRef, ...], config: CacheConfig, tokens: int, first_tag: int) -> int:
     tag = first_tag
     shape = config.token_shape
 
@@ -56,6 +73,35 @@ class Snapshot:
     @classmethod
     def of(cls, cache: CacheRef, config: CacheConfig) -> "Snapshot":
         return cls(cache.seq_pos, [cache.get(layer) for layer in range(config.num_layers)])
+
+    def content(self) -> int:
+        """How many (layer, position) cells show something other than zeros: what a
+        comparison with this snapshot can tell apart. Two empty caches are not equal
+        caches, they are no measurement."""
+        cells = 0
+        for keys, values in self.layers:
+            if keys.ndim == 4 and values.ndim == 4:
+                for p in range(min(keys.shape[2], values.shape[2])):
+                    cells += bool(np.any(keys[:, :, p]) or np.any(values[:, :, p]))
+        return cells
+
+    def blocker(self) -> tuple[str, str]:
+        """Why a snapshot of a cache that was written shows nothing: the clause to fix first."""
+        pos = self.seq_pos
+        for layer, (keys, values) in enumerate(self.layers):
+            if keys.ndim != 4 or not isinstance(pos, int) or min(keys.shape[2], values.shape[2]) < pos:
+                return "KV-GET-1", f"get({layer}) returned shapes {keys.shape}, {values.shape} at seq_pos {pos}"
+        return "KV-UPD-1", f"at seq_pos {pos}, every position get returns holds zeros, although update wrote there"
+
+    def witness(self, s: Session, written: bool) -> None:
+        """Count this snapshot's content as the check's evidence; if the cache was written
+        and shows nothing, note why (the comparison measured nothing)."""
+        cells = self.content()
+        if cells:
+            current().saw(cells)
+        elif written:
+            blocked_by, why = self.blocker()
+            current().blocked(blocked_by, why, s)
 
     def difference(self, other: "Snapshot") -> Difference | None:
         """The first observable difference between two snapshots (self: expected), or None."""

@@ -20,10 +20,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from spec.checks._cache import Snapshot, has_room, write_history
+from spec.checks._evidence import current, measuring, tolerant
 from spec.clauses import checks
 from spec.data import Pattern
 from spec.isolation.driver import Driver, SubmissionRaised
-from spec.session import CacheRef, Session, SpecFailure
+from spec.session import CacheRef, Refused, Session, SpecFailure
 from spec.strategies import CacheConfig, cache_configs
 
 LAYER_HINT = (
@@ -64,12 +65,23 @@ def test_negative_layer_index_raises(driver: Driver, config: CacheConfig, tokens
             do()
 
 
+def fill(s: Session, cache: CacheRef, config: CacheConfig, clause: str) -> None:
+    """Write max_seq_len tokens: the cache is then full, and not before."""
+    try:
+        write_history((cache,), config, config.max_seq_len, tolerate=False)
+    except Refused as exc:
+        raise s.fail(clause, f"no exception while seq_pos < max_seq_len {config.max_seq_len}",
+                     f"{exc.type_name}: {exc.message}",
+                     hint="the cache is full when seq_pos == max_seq_len, not one position earlier: compare "
+                     "seq_pos >= max_seq_len (max_seq_len - 1 is the last position that can be written)") from None
+
+
 @checks("KV-BND-3")
 @given(config=cache_configs())
 def test_update_on_a_full_cache_raises_naming_the_limit(driver: Driver, config: CacheConfig) -> None:
     s = Session(driver)
     cache = s.new_cache(*config.args)
-    write_history((cache,), config, config.max_seq_len)
+    fill(s, cache, config, "KV-BND-3")
     shape, limit = config.token_shape, config.max_seq_len
     key, value = Pattern(900, shape), Pattern(-900, shape)
     call = f"{cache.name}.update(0, {key.code()}, {value.code()})"
@@ -91,7 +103,7 @@ def test_update_on_a_full_cache_raises_naming_the_limit(driver: Driver, config: 
 def test_advance_on_a_full_cache_raises(driver: Driver, config: CacheConfig) -> None:
     s = Session(driver)
     cache = s.new_cache(*config.args)
-    write_history((cache,), config, config.max_seq_len)
+    fill(s, cache, config, "KV-BND-4")
     with s.expect_raises("KV-BND-4", f"{cache.name}.advance()", "ValueError",
                          hint="advance must refuse to move past max_seq_len: check seq_pos < max_seq_len first"):
         cache.advance()
@@ -101,7 +113,9 @@ FAULTS = ("layer past the last", "negative layer", "update on a full cache", "ad
 
 
 @checks("KV-BND-5")
+@measuring("KV-BND-5", "KV-BND-1")
 @given(config=cache_configs(), tokens=st.integers(0, 5), partial=st.integers(0, 3), offset=st.integers(0, 3))
+@tolerant
 def test_a_call_that_raises_leaves_the_cache_unchanged(
     driver: Driver, config: CacheConfig, tokens: int, partial: int, offset: int
 ) -> None:
@@ -139,12 +153,17 @@ def attempt(s: Session, config: CacheConfig, fault: str, tokens: int, partial: i
     try:
         with s.expect_raises("KV-BND-5", call, "BaseException"):
             do()
-    except SpecFailure:
-        return  # it did not raise: whether it must is KV-BND-1..4's business
+    except SpecFailure:  # it did not raise: whether it must is KV-BND-1..4's business
+        owner = {"layer past the last": "KV-BND-1", "negative layer": "KV-BND-2", "update on a full cache": "KV-BND-3",
+                 "advance on a full cache": "KV-BND-4", "get of a bad layer": "KV-BND-1"}[fault]
+        current().blocked(owner, f"{call} did not raise, so there was no failed call whose effects to look for", s)
+        return
     if not full and has_room(twin, config):  # the position being written shows only after an advance
         for c in (cache, twin):
             c.advance()
-    diff = Snapshot.of(twin, config).difference(Snapshot.of(cache, config))
+    expected = Snapshot.of(twin, config)
+    expected.witness(s, written=tag > 1)
+    diff = expected.difference(Snapshot.of(cache, config))
     if diff is not None:
         raise s.fail("KV-BND-5", diff.expected, diff.got, diff.call(cache), show=diff.show,
                      hint=f"after the failing call ({fault}), {diff.where} differs from {twin.name}, which never got "

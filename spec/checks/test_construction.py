@@ -7,6 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from spec.checks._cache import Snapshot, write_history
+from spec.checks._evidence import measuring, tolerant
 from spec.clauses import checks
 from spec.data import Pattern
 from spec.isolation.driver import Driver
@@ -74,11 +75,13 @@ OPS = ("update", "advance", "reset")
 
 
 @checks("KV-CON-4")
+@measuring("KV-CON-4", "KV-GET-1")
 @given(
     config=cache_configs(),
     lead=st.integers(0, 6),
     ops=st.lists(st.tuples(st.integers(0, 1), st.sampled_from(OPS), st.integers(0, 2)), min_size=1, max_size=12),
 )
+@tolerant
 def test_two_caches_never_share_storage(
     driver: Driver, config: CacheConfig, lead: int, ops: list[tuple[int, str, int]]
 ) -> None:
@@ -94,6 +97,7 @@ def test_two_caches_never_share_storage(
         if op != "reset" and positions[which] >= config.max_seq_len:
             continue  # a full cache: bounds are not this check's business
         before = Snapshot.of(other, config)
+        before.witness(s, written=isinstance(before.seq_pos, int) and before.seq_pos > 0)
         if op == "update":
             cache.update(layer % config.num_layers, Pattern(tag, config.token_shape), Pattern(-tag, config.token_shape))
             tag += 1

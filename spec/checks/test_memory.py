@@ -138,18 +138,24 @@ def test_batch_4_cache_is_192_mb(driver: Driver) -> None:
     check_megabytes(s, s.new_cache(*BATCH_4.args), BATCH_4)
 
 
-# About 1 MiB of storage each, so that the 64 KiB allowance for bookkeeping is small
-# next to it; two shapes, so a layout that only works for one of them shows.
+# 1 MiB of storage each, in slices of 2 KiB per layer, position and kind (B * H * D * 4
+# bytes), so that a layout of one small array per layer and position pays a few hundred
+# bytes of object overhead per 2 KiB slice, far inside the bound; two shapes, so a layout
+# that only works for one of them shows.
 RETAINED_CONFIGS = (
-    CacheConfig(batch_size=2, max_seq_len=256, num_layers=4, num_heads=4, head_dim=16),
-    CacheConfig(batch_size=1, max_seq_len=512, num_layers=2, num_heads=2, head_dim=64),
+    CacheConfig(batch_size=2, max_seq_len=128, num_layers=2, num_heads=4, head_dim=64),
+    CacheConfig(batch_size=1, max_seq_len=128, num_layers=2, num_heads=8, head_dim=64),
 )
+LOW, HIGH = 0.95, 1.5  # KV-MEM-4: bytes held / (2 * L * B * H * S * D * 4)
 
 
 @checks("KV-MEM-4")
 def test_storage_is_allocated_at_construction_as_reported(driver: Driver) -> None:
-    """Bytes a new cache still holds (tracemalloc, current not peak) are within 5% + 64 KiB
-    of total_elements * 4. float64 storage holds twice that; lazy storage holds nothing."""
+    """Bytes a new cache still holds (tracemalloc, current not peak) are at least 95% of the
+    formula's 2 x L x B x H x S x D x 4 and less than 1.5 times it. Lazy storage holds
+    nothing, float64 twice the formula; the object overhead of a layout of many small
+    arrays is a few percent here. Compared with the formula, not with the submission's
+    own report (KV-MEM-2 compares the report with the formula)."""
     for config in RETAINED_CONFIGS:
         s = Session(driver)
         s.record("import tracemalloc")
@@ -157,15 +163,14 @@ def test_storage_is_allocated_at_construction_as_reported(driver: Driver) -> Non
         args = ", ".join(map(str, config.args))
         s.record(f"tracemalloc.start(); cache = KVCache({args}); held = tracemalloc.get_traced_memory()[0]; "
                  "tracemalloc.stop()")
-        cache = CacheRef(s, handle, "cache")
-        reported = report(s, cache, "KV-MEM-4")["total_elements"] * 4
         expected = elements(config) * 4
-        if not abs(held.value - reported) <= 0.05 * reported + 64 * 1024:
-            if held.value > 1.5 * expected:
+        if not LOW * expected <= held.value < HIGH * expected:
+            if held.value >= 1.9 * expected:
                 hint = "the storage holds more than float32 needs: allocate with dtype=np.float32 (np.zeros defaults to float64)"
             elif held.value < 0.5 * expected:
                 hint = "the storage is not allocated when the cache is built: pre-allocate (B, H, max_seq_len, D) per layer in __init__"
             else:
-                hint = "the report does not match the storage allocated"
-            raise s.fail("KV-MEM-4", f"about {int(reported)} bytes held (total_elements * 4)", f"{held.value} bytes",
+                hint = f"hold the keys and values of every layer and position, in float32, from __init__ on: {expected:,} bytes"
+            raise s.fail("KV-MEM-4", f"{expected:,} bytes (2 x {' x '.join(map(str, (config.num_layers, config.batch_size, config.num_heads, config.max_seq_len, config.head_dim)))} x 4) "
+                         f"held, at least {LOW:.0%} of it and less than {HIGH:g} times it", f"{held.value} bytes",
                          call=s.script.lines[-1], hint=hint, show="held, 'bytes'")

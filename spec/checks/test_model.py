@@ -31,6 +31,7 @@ from spec.checks._model import (
     two_sequences,
     uncached_rows,
 )
+from spec.checks._evidence import current, measuring
 from spec.clauses import checks
 from spec.isolation.driver import Driver, FloatArray, ModelConfig
 from spec.session import CacheRef, ModelRef, Session
@@ -153,6 +154,7 @@ def test_greedy_generation_is_token_identical(driver: Driver, case: GreedyCase) 
 
 
 @checks("KV-MOD-4")
+@measuring("KV-MOD-4", "KV-GET-1")
 @given(case=prompt_cases())
 def test_multi_token_forward_with_cache_enabled_is_original_and_leaves_cache(driver: Driver, case: PromptCase) -> None:
     s = Session(driver)
@@ -163,6 +165,12 @@ def test_multi_token_forward_with_cache_enabled_is_original_and_leaves_cache(dri
     decode(s, model, cache, case.config, case.decoded, None, "KV-MOD-4")
     seq_pos = cache.seq_pos
     before = [cache.get(layer) for layer in range(case.config.num_layers)]
+    # "Leaves the cache untouched" measures something only if the cache holds something.
+    held = sum(int(np.any(keys)) for keys, _ in before)
+    if held:
+        current().saw(held)
+    elif case.decoded:
+        current().blocked("KV-GET-1", f"after {len(case.decoded)} cached decode steps get() shows nothing", s)
     got = model.forward_in_scope(cache, tokens_array(case.probe), start_pos=case.start_pos, recorded=True)
     if not close(got, expected):
         raise s.fail("KV-MOD-4", expected, got, call=last_line(s),

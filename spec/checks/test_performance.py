@@ -19,10 +19,12 @@ below 1/8 of the storage. With the cache below (storage 1 MiB, each layer's keys
 
 from __future__ import annotations
 
+import numpy as np
+
 from spec.clauses import checks
 from spec.data import Pattern
 from spec.isolation.driver import Driver
-from spec.session import Session
+from spec.session import NotMeasured, Session, not_measured
 from spec.strategies import CacheConfig
 
 CONFIG = CacheConfig(batch_size=2, max_seq_len=512, num_layers=2, num_heads=4, head_dim=16)
@@ -49,28 +51,50 @@ def test_update_allocation_does_not_grow_with_seq_pos(driver: Driver) -> None:
         pos = s.call(lambda: s.driver.attribute(cache.handle, "seq_pos"))
         return pos if isinstance(pos, int) else c.max_seq_len
 
-    first = [measured(layer, 'first') for layer in range(c.num_layers)]
-    if seq_pos() != 0:
-        return  # update moved seq_pos: the update check says so, and the last position is out of reach
-    cache.advance()
-    # Fill to the last position the way a decode loop does; recorded as one loop. The loop
-    # watches seq_pos, so an update or advance that moves it wrongly (their checks report
-    # that) stops it instead of running into the capacity limit.
-    last_position = c.max_seq_len - 1
-    s.record(f"for t in range(1, {last_position}):\n    for layer in range({c.num_layers}):\n"
+    def blocked(clause: str, why: str) -> NotMeasured:
+        return not_measured("KV-PERF-1", clause, why, s.script.render())
+
+    def too_big(layer: int, position: int, got: int, name: str) -> None:
+        if got >= storage // FRACTION:
+            raise s.fail(
+                "KV-PERF-1", f"less than {storage // FRACTION:,} bytes (1/{FRACTION} of the {storage:,}-byte storage)",
+                f"update({layer}, k, v) at seq_pos {position}: {got} bytes",
+                show=f"'update({layer}, k, v) at seq_pos {position}:', {name}_{layer}, 'bytes'",
+                hint="update copies or reallocates storage: an indexed write into the existing array "
+                "allocates almost nothing",
+            )
+
+    first = []
+    for layer in range(c.num_layers):
+        position = seq_pos()
+        first.append(measured(layer, "first"))
+        too_big(layer, position, first[-1], "first")
+    # Fill to the end the way a decode loop does; recorded as one loop. The loop follows
+    # seq_pos as the cache reports it, so an update that also advances (the update check
+    # reports that) still gets its history; one that moves nothing cannot be measured.
+    last_position = c.max_seq_len - 2  # the last position is the bounds checks' edge
+    s.record(f"while {cache.name}.seq_pos < {last_position}:\n    for layer in range({c.num_layers}):\n"
              f"        {cache.name}.update(layer, k, v)\n    {cache.name}.advance()")
     k, v = key.array(), value.array()
-    for t in range(1, last_position):
-        if seq_pos() != t:
-            return
+    while (start := seq_pos()) < last_position:
         for layer in range(c.num_layers):
-            s.call(lambda: s.driver.update(cache.handle, layer, k, v))
-        s.call(lambda: s.driver.advance(cache.handle))
+            if seq_pos() < last_position:
+                s.call(lambda: s.driver.update(cache.handle, layer, k, v))
+        if seq_pos() == start:
+            s.call(lambda: s.driver.advance(cache.handle))
+        if seq_pos() <= start:
+            raise blocked("KV-ADV-1", f"neither update nor advance moved seq_pos past {start}: the end of the cache, "
+                          "where the allocation is measured, is out of reach")
     if seq_pos() != last_position:
-        return
-    last = [measured(layer, 'last') for layer in range(c.num_layers)]
+        raise blocked("KV-ADV-1", f"seq_pos went from {last_position - 1} to {seq_pos()}, past the position measured")
+    last, where = [], []
     for layer in range(c.num_layers):
-        at = f"update({layer}, k, v) at seq_pos {c.max_seq_len - 1}: "
+        if seq_pos() >= c.max_seq_len:
+            break
+        where.append(seq_pos())
+        last.append(measured(layer, "last"))
+    for layer in range(len(last)):
+        at = f"update({layer}, k, v) at seq_pos {where[layer]}: "
         if last[layer] > first[layer] + GROWTH:
             raise s.fail(
                 "KV-PERF-1", f"about {first[layer]:,} bytes, as at seq_pos 0 (at most {GROWTH:,} more)",
@@ -78,12 +102,17 @@ def test_update_allocation_does_not_grow_with_seq_pos(driver: Driver) -> None:
                 hint="update allocates more as the sequence grows: write into the pre-allocated storage "
                 "with cache[:, :, seq_pos, :] = key[:, :, 0, :] instead of concatenating or stacking the history",
             )
-        for where, got, name in (("0", first[layer], "first"), (str(c.max_seq_len - 1), last[layer], "last")):
-            if got >= storage // FRACTION:
-                raise s.fail(
-                    "KV-PERF-1", f"less than {storage // FRACTION:,} bytes (1/{FRACTION} of the {storage:,}-byte storage)",
-                    f"update({layer}, k, v) at seq_pos {where}: {got} bytes",
-                    show=f"'update({layer}, k, v) at seq_pos {where}:', {name}_{layer}, 'bytes'",
-                    hint="update copies or reallocates storage: an indexed write into the existing array "
-                    "allocates almost nothing",
-                )
+        too_big(layer, where[layer], last[layer], "last")
+    # An update that stores nothing allocates nothing: the measurement counts only if the
+    # measured writes are there to read back.
+    if seq_pos() < c.max_seq_len:
+        s.call(lambda: s.driver.advance(cache.handle))
+        s.record(f"{cache.name}.advance()")
+    for layer, p in enumerate(where):
+        keys, _ = cache.get(layer)
+        if keys.ndim != 4 or keys.shape[2] <= p:
+            raise blocked("KV-GET-1", f"get({layer}) returned shape {keys.shape} at seq_pos {seq_pos()}: the write "
+                          f"measured at position {p} cannot be read back")
+        if not np.allclose(keys[:, :, p], key.array()[:, :, 0]):
+            raise blocked("KV-UPD-1", f"position {p} of layer {layer} does not hold the key written by the measured "
+                          "update: an update that does not store the key allocates nothing, and proves nothing")

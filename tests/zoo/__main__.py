@@ -1,4 +1,4 @@
-"""python -m tests.zoo {list, show NAME, materialize NAME DIR, grade [NAME ...]}"""
+"""python -m tests.zoo {list, show NAME, materialize NAME DIR, grade [NAME ...], seeds [NAME ...]}"""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from tests.zoo.variants import ZooError, check_registry, diff, materialize, regi
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m tests.zoo", description="The zoo of buggy, correct and hostile submissions.")
     sub = p.add_subparsers(dest="cmd", required=True)
+    sub.add_parser("seeds", help="grade every bug with several seeds (python -m tests.zoo seeds --help)")
     sub.add_parser("list", help="every variant: kind, groups that must fail, description")
     s = sub.add_parser("show", help="the variant as a unified diff against base/")
     s.add_argument("name")
@@ -25,6 +26,12 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("--shards", type=int, default=2, help="concurrent grader invocations")
     g.add_argument("--workdir", type=Path, help="where submissions and reports go (default: a new temporary directory)")
     g.add_argument("--table", type=Path, help="also write the table to this file")
+    if argv is None:
+        argv = sys.argv[1:]
+    if argv[:1] == ["seeds"]:
+        from tests.zoo.seeds import main as seeds
+
+        return seeds(argv[1:])
     args = p.parse_args(argv)
 
     variants = registry()

@@ -44,6 +44,30 @@ class GPT:
 VARIANTS: list[Variant] = [
     alternative("base", "The base submission itself, unchanged."),
     alternative(
+        "array_per_layer_and_position",
+        "One small pre-allocated float32 array (B, H, D) per layer, position and kind, all made in "
+        "__init__; get stacks the valid prefix. The per-array object overhead must not fail KV-MEM-4.",
+        edit(MEMO, ALLOCATION,
+             "        slot = (batch_size, num_heads, head_dim)\n"
+             "        self.slots = [[(np.zeros(slot, dtype=np.float32), np.zeros(slot, dtype=np.float32))\n"
+             "                       for _ in range(max_seq_len)] for _ in range(num_layers)]\n"),
+        edit(MEMO, UPDATE_LOOKUP + WRITES,
+             "        key_slot, value_slot = self.slots[layer_idx][self.seq_pos]\n"
+             "        key_slot[...] = key.data[:, :, 0, :]\n"
+             "        value_slot[...] = value.data[:, :, 0, :]\n"),
+        edit(MEMO, GET_LOOKUP + GET_SLICES,
+             "        valid = self.slots[layer_idx][: self.seq_pos]\n"
+             "        empty = np.zeros((self.batch_size, self.num_heads, 0, self.head_dim), dtype=np.float32)\n"
+             "        cached_keys = np.stack([k for k, _ in valid], axis=2) if valid else empty\n"
+             "        cached_values = np.stack([v for _, v in valid], axis=2) if valid else empty\n"),
+        edit(MEMO, RESET_BODY,
+             "        self.seq_pos = 0\n"
+             "        for layer in self.slots:\n"
+             "            for key_slot, value_slot in layer:\n"
+             "                key_slot.fill(0.0)\n"
+             "                value_slot.fill(0.0)\n"),
+    ),
+    alternative(
         "one_5d_array",
         "One pre-allocated 5-D array (2L, B, H, S, D) for every layer's keys and values: layer l's keys "
         "at 2l, its values at 2l + 1.",

@@ -12,13 +12,16 @@ RELEASE = "published course release defect"
 STUDENTS = "student error"
 
 
-def bug(name: str, groups: str, description: str, *edits: object, origin: str = STUDENTS, **extra: object) -> Variant:
+def bug(name: str, groups: str, description: str, *edits: object, origin: str = STUDENTS, collateral: str = "",
+        **extra: object) -> Variant:
+    """`groups` must lose points; `collateral` may too (say why in collateral_why), no other group may."""
     return Variant(
         name=name,
         kind="bug",
         description=description,
         edits=tuple(edits),  # type: ignore[arg-type]
         expect_fail_groups=frozenset(groups.split()),
+        collateral=frozenset(collateral.split()),
         origin=origin,
         **extra,  # type: ignore[arg-type]
     )
@@ -486,5 +489,59 @@ VARIANTS: list[Variant] = [
         block.attention.forward = block._original_attention_forward
         del block._original_attention_forward
 """),
+    ),
+    # -- vacuous passes and bugs the machines once missed (issue 11) ---------------------------
+    bug(
+        "hollow_cache", "update get reset bounds shapes attention model memoization performance",
+        "A hollow cache: every argument is validated and seq_pos kept, but update stores nothing and get "
+        "returns zero positions. It must earn nothing for any clause about stored content.",
+        edit(MEMO, WRITES, "        # TODO: store key and value at pos\n"),
+        edit(MEMO, "        valid_len = self.seq_pos\n", "        valid_len = 0  # TODO: the cached prefix\n"),
+        collateral="construction advance",
+        collateral_why="twin comparisons (KV-CON-4) and advance's data clause (KV-ADV-2) have nothing to compare",
+    ),
+    bug(
+        "update_concatenates_and_advances", "update performance",
+        "update rebuilds the layer's whole history with np.concatenate on every call (O(n) per token) and "
+        "moves seq_pos itself, which once sent the performance check home early with full marks.",
+        edit(MEMO, WRITES,
+             "        key_cache.data = np.concatenate([key_cache.data[:, :, :pos, :], key.data, key_cache.data[:, :, pos + 1 :, :]], axis=2)\n"
+             "        value_cache.data = np.concatenate([value_cache.data[:, :, :pos, :], value.data, value_cache.data[:, :, pos + 1 :, :]], axis=2)\n"
+             "        self.seq_pos += 1  # one more token stored\n"),
+        edit(MEMO, "        self.seq_pos += 1\n", "        pass  # update already moved seq_pos\n"),
+        collateral="advance get reset bounds shapes construction attention model memoization",
+        collateral_why="seq_pos moves on every update, so every history after the first layer's write is another one",
+    ),
+    bug(
+        "get_memo_survives_reset", "reset",
+        "get hands out copies and keeps the last one per layer with the seq_pos it was taken at (an update "
+        "drops it), but reset forgets it: update, advance, get, reset, advance, get shows the old sequence.",
+        edit(MEMO, "        self.seq_pos = 0\n\n", "        self.seq_pos = 0\n        self._memo = {}  # layer -> (seq_pos, keys, values)\n\n"),
+        edit(MEMO, WRITES, WRITES + "        self._memo.pop(layer_idx, None)  # this layer changed\n"),
+        edit(MEMO, "        return Tensor(cached_keys), Tensor(cached_values)\n",
+             "        memo = self._memo.get(layer_idx)\n"
+             "        if memo is None or memo[0] != self.seq_pos:\n"
+             "            memo = (self.seq_pos, cached_keys.copy(), cached_values.copy())\n"
+             "            self._memo[layer_idx] = memo\n"
+             "        return Tensor(memo[1]), Tensor(memo[2])\n"),
+    ),
+    bug(
+        "reset_clears_below_seq_pos", "reset",
+        "reset clears only the positions below seq_pos, so a row written but not yet advanced past survives "
+        "into the next sequence (update, then reset without an advance).",
+        edit(MEMO, RESET_BODY, """        for key_cache, value_cache in self.caches:
+            key_cache.data[:, :, : self.seq_pos, :] = 0.0
+            value_cache.data[:, :, : self.seq_pos, :] = 0.0
+        self.seq_pos = 0
+"""),
+    ),
+    bug(
+        "full_check_one_early", "bounds",
+        "The capacity check fires one position early (seq_pos >= max_seq_len - 1): the last position "
+        "can never be written. Once cost 71 points across 13 groups; it is one defect, bounds' (KV-BND-3).",
+        edit(MEMO, "        if self.seq_pos >= self.max_seq_len:\n            raise ValueError(f\"Sequence position",
+             "        if self.seq_pos >= self.max_seq_len - 1:\n            raise ValueError(f\"Sequence position"),
+        collateral="model",
+        collateral_why="a model with the cache enabled cannot decode max_seq_len tokens, which the model checks do",
     ),
 ]

@@ -61,6 +61,8 @@ class Variant:
     origin: str = ""  # where the bug comes from (course text, published release, students)
     score_note: str = ""  # hostile / slow: what score to expect and why
     at_most: bool = False  # hostile: may end below its twin (it can sabotage itself), never above
+    collateral: frozenset[str] = frozenset()  # bug: groups that may also lose points, and why (collateral_why)
+    collateral_why: str = ""
 
 
 def edit(file: str, old: str, new: str) -> Edit:
