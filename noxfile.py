@@ -1,4 +1,4 @@
-"""Sessions: tests, typecheck, coverage, bench, grade, zoo, mutation (see README.md)."""
+"""Sessions: tests, typecheck, coverage, reach, bench, grade, zoo, seeds, mutation (see README.md)."""
 
 from __future__ import annotations
 
@@ -33,6 +33,14 @@ def coverage(session: nox.Session) -> None:
 
 
 @nox.session(python=PYTHON)
+def reach(session: nox.Session) -> None:
+    """Operation-sequence coverage of the cache state machines: the ordered pairs and triples of
+    update / get / advance / reset their histories reach, per profile (docs/zoo.md, "Reach")."""
+    session.install("-e", ".")
+    session.run("python", "-m", "spec.coverage", *(session.posargs or ["--profile", "quick", "--profile", "default"]))
+
+
+@nox.session(python=PYTHON)
 def bench(session: nox.Session) -> None:
     """Decode benchmark of the reference: figures, never assertions (docs/benchmark.md). ARGS: --quick, --out DIR."""
     session.install("-e", ".[plot,bench]")
@@ -59,6 +67,14 @@ def zoo(session: nox.Session) -> None:
     ARGS go to `python -m tests.zoo grade`, e.g. --shards 1 --jobs 2, or variant names."""
     session.install("-e", ".")
     session.run("python", "-m", "tests.zoo", "grade", "--profile", "default", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def seeds(session: nox.Session) -> None:
+    """Every zoo bug graded with five seeds in the quick profile: per bug, the seeds that catch it and the
+    groups that lost points (docs/zoo.md). A benchmark: about (bugs x 5) gradings."""
+    session.install("-e", ".")
+    session.run("python", "-m", "tests.zoo", "seeds", *(session.posargs or ["--seeds", "5", "--profile", "quick"]))
 
 
 @nox.session(python=PYTHON)

@@ -63,8 +63,13 @@ def current_seed() -> int:
 
 def apply(test: T) -> T:
     """Give one @given check (or a state machine class) the active settings and seed:
-    what `@settings(...)` and `@seed(...)` would do, after the fact."""
+    what `@settings(...)` and `@seed(...)` would do, after the fact. A check decorated
+    outside @given (functools.wraps, e.g. spec.checks._evidence.measuring) passes them on
+    to the @given function it wraps."""
     if getattr(test, "is_hypothesis_test", False):
         setattr(test, "_hypothesis_internal_use_settings", current())
     setattr(test, "_hypothesis_internal_use_seed", current_seed())
+    inner = getattr(test, "__wrapped__", None)
+    if inner is not None and getattr(test, "is_hypothesis_test", False) and getattr(inner, "is_hypothesis_test", False):
+        apply(inner)
     return test
