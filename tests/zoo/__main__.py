@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.cmd == "materialize":
             print(materialize(variants[args.name], args.dir))
         else:
-            from tests.zoo.runner import run_zoo
+            from tests.zoo.runner import PROBLEMS, run_zoo
 
             unknown = [n for n in args.names if n not in variants]
             if unknown:
@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
             print(text)
             if args.table:
                 args.table.write_text(text + "\n")
-            bad = [x for x in verdicts if x.outcome in ("missed", "elsewhere", "false-failure", "fooled")]
+            bad = [x for x in verdicts if x.outcome in PROBLEMS]
             return 1 if bad or any(c != 0 for c in run.exit_codes) else 0
     except KeyError as exc:
         print(f"no variant named {exc.args[0]}; see python -m tests.zoo list", file=sys.stderr)

@@ -185,6 +185,7 @@ def forged_files(out_dirs: Iterable[Path]) -> list[str]:
 
 
 # -- judging -------------------------------------------------------------------------------
+PROBLEMS = ("missed", "elsewhere", "spread", "false-failure", "fooled")
 
 
 def same(a: float, b: float) -> bool:
@@ -196,7 +197,7 @@ def same(a: float, b: float) -> bool:
 class Verdict:
     variant: Variant
     graded: Graded
-    outcome: str  # bug: caught / elsewhere / missed; alternative: full / false-failure; hostile: handled / fooled
+    outcome: str  # bug: caught / spread / elsewhere / missed; alternative: full / false-failure; hostile: handled / fooled
     detail: str
     elsewhere: set[str] = field(default_factory=set)  # groups failing beyond the expected ones
 
@@ -217,6 +218,10 @@ def judge(variants: dict[str, Variant], run: Run, time_limit: float, daemons: Se
                 outcome, detail = "missed", "full marks"
             elif missing:
                 outcome, detail = "elsewhere", f"no failing check in {sorted(missing)}; failed {sorted(failed)}"
+            elif v.kind == "bug" and v.collateral_recorded and failed - set(v.expect_fail_groups) - set(v.collateral):
+                spread = sorted(failed - set(v.expect_fail_groups) - set(v.collateral))
+                outcome, detail = "spread", (f"also lost points in {spread}, outside its expected and declared "
+                                             f"collateral groups (one defect, its own points: docs/rubric.md)")
             else:
                 outcome, detail = "caught", f"failed {sorted(failed)}"
         elif v.kind == "alternative":
@@ -287,7 +292,7 @@ def table(verdicts: list[Verdict], run: Run, command: str) -> str:
             f"| {x.variant.name} | {x.variant.kind} | {' '.join(sorted(x.variant.expect_fail_groups)) or '-'} | "
             f"{' '.join(sorted(g.failed_groups())) or '-'} | {g.score:g}/{g.max_score:g} | {x.outcome} | {g.execution_time:.0f} |"
         )
-    problems = [x for x in verdicts if x.outcome in ("missed", "elsewhere", "false-failure", "fooled")]
+    problems = [x for x in verdicts if x.outcome in PROBLEMS]
     if problems:
         lines += ["", "Problems:"]
         lines += [f"- {x.variant.name} ({x.variant.kind}): {x.outcome}: {x.detail}" for x in problems]

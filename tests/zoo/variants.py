@@ -63,6 +63,7 @@ class Variant:
     at_most: bool = False  # hostile: may end below its twin (it can sabotage itself), never above
     collateral: frozenset[str] = frozenset()  # bug: groups that may also lose points, and why (collateral_why)
     collateral_why: str = ""
+    collateral_recorded: bool = False  # bug: collateral was measured and declared; losing points elsewhere is an error
 
 
 def edit(file: str, old: str, new: str) -> Edit:
