@@ -45,22 +45,30 @@ def bwrap_binary() -> str | None:
 
 
 def import_roots() -> list[str]:
-    """What a worker needs to read: the Python install (and the virtual environment), the
-    site-packages of the dependencies, the `spec` and `reference` package directories, and
-    the grader's PYTHONPATH (which the workers' environment carries)."""
+    """What a worker needs to read: the Python install (and the virtual environment), every
+    import directory of the grader (its sys.path but the cwd, and its PYTHONPATH, which the
+    workers' environment carries), what links in those directories point to (dependencies
+    linked into a site-packages from elsewhere), and the `spec` and `reference` packages."""
     import numpy
     import reference
     import spec
 
-    roots = [sys.base_prefix, sys.prefix, *site.getsitepackages()]
+    cwd = os.path.realpath(os.getcwd())
+    path = [p for p in sys.path if p and os.path.isabs(p) and os.path.realpath(p) != cwd]
+    roots = [sys.base_prefix, sys.prefix, *site.getsitepackages(), *path]
+    roots += [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p and os.path.isabs(p)]
+    for directory in list(roots):
+        try:
+            entries = list(os.scandir(directory))
+        except OSError:
+            continue
+        roots += [os.path.realpath(e.path) for e in entries if e.is_symlink()]
     for package in (spec, reference, numpy):
         roots.append(str(Path(package.__file__ or ".").resolve().parent))
-    roots += [p for p in sys.path if p and os.path.isabs(p) and Path(p).resolve().is_relative_to(Path(sys.base_prefix).resolve())]
-    roots += [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p and os.path.isabs(p)]  # the workers get it too
     found: list[str] = []
     for root in roots:
-        real = str(Path(root).resolve())
-        if os.path.isdir(real) and real not in found:
+        real = os.path.realpath(root)
+        if os.path.exists(real) and real not in found:
             found.append(real)
     return found
 
