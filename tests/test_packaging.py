@@ -8,8 +8,8 @@ pytest-xdist cannot build it twice). It is built by the documented Gradescope se
 a simulated Gradescope layout (AUTOGRADER_ROOT/source/{setup.sh,run_autograder,kvspec,
 rubric.toml}, submission/, results/), which creates the venv and installs kvspec from its
 source folder, non-editable. No network: apt-get is a no-op, pip has no index, and the
-venv sees the dependencies of this test environment (numpy, hypothesis, pytest, setuptools)
-through a .pth file naming a copy of its site-packages without kvspec itself (so this
+venv is given the dependencies of this test environment (numpy, hypothesis, pytest,
+setuptools), hard-linked from its site-packages without kvspec itself (so this
 environment's editable kvspec cannot shadow the installed one). Then, from unrelated
 directories: run_autograder grades the bundled example under a custom rubric and explains
 an empty upload, the GitHub Actions workflow of docs/ci.md runs its commands (parsed as
@@ -83,32 +83,44 @@ def test_the_wheel_ships_every_subpackage(tmp_path: Path) -> None:
     assert "License-Expression: MIT" in zipfile.ZipFile(wheel).read(metadata).decode()
 
 
-def dependencies_without_kvspec(target: Path) -> Path:
-    """This environment's site-packages, entry by entry, minus kvspec (its editable hook)."""
-    target.mkdir()
-    site = Path(sysconfig.get_paths()["purelib"])
-    for entry in site.iterdir():
-        name = entry.name.lower()
-        if "kvspec" in name or name.startswith("__editable__") or name.endswith((".pth", ".egg-link")):
-            continue
-        (target / entry.name).symlink_to(entry)
-    return target
+FILL = """\
+import os, shutil, sys
+source, target = sys.argv[1], sys.argv[2]
+for entry in sorted(os.listdir(source)):
+    name = entry.lower()
+    if "kvspec" in name or name.startswith("__editable__") or name.endswith((".pth", ".egg-link")):
+        continue  # this environment's editable kvspec must not shadow the installed one
+    src, dst = os.path.join(source, entry), os.path.join(target, entry)
+    def link(a, b):
+        try:
+            os.link(a, b)
+        except OSError:
+            shutil.copy2(a, b)
+    if os.path.isdir(src):
+        shutil.copytree(src, dst, copy_function=link, dirs_exist_ok=True)
+    else:
+        link(src, dst)
+"""
 
 
-def shims(target: Path, overlay: Path) -> Path:
-    """apt-get does nothing; python3 is this interpreter. A venv it creates sees the
-    dependencies, pip and setuptools of this environment (where Gradescope's pip would fetch
-    them from PyPI, build isolation included), through a .pth file, and gets a bin/pip
-    running that pip (created --without-pip: ensurepip's older setuptools would shadow them)."""
+def shims(target: Path) -> Path:
+    """apt-get does nothing; python3 is this interpreter. A venv it creates holds this
+    environment's dependencies, pip and setuptools (hard links, or copies, of its
+    site-packages without kvspec), where Gradescope's pip would fetch them from PyPI (build
+    isolation included); it is created --without-pip (ensurepip's older setuptools would
+    shadow them) and gets a bin/pip running that pip. Real files in the venv, not a .pth
+    to elsewhere: the sandbox isolation binds the venv, not arbitrary directories."""
     target.mkdir()
     real = getattr(sys, "_base_executable", sys.executable)
+    site = sysconfig.get_paths()["purelib"]
+    (target / "fill.py").write_text(FILL)
     (target / "apt-get").write_text("#!/bin/sh\nexit 0\n")
     (target / "python3").write_text(
         '#!/bin/sh\n'
         'if [ "$1" = "-m" ] && [ "$2" = "venv" ]; then\n'
         f'    "{real}" -m venv --without-pip "$3" || exit $?\n'
         '    site=$("$3/bin/python" -c \'import sysconfig; print(sysconfig.get_paths()["purelib"])\')\n'
-        f'    echo "{overlay}" > "$site/test-dependencies.pth"\n'
+        f'    "{real}" "{target / "fill.py"}" "{site}" "$site" || exit $?\n'
         '    printf \'#!/bin/sh\\nexec "%s" -m pip "$@"\\n\' "$3/bin/python" > "$3/bin/pip" && chmod +x "$3/bin/pip"\n'
         '    exit 0\n'
         'fi\n'
@@ -142,7 +154,7 @@ def upload(root: Path, files: Path | None) -> None:
 def test_a_fresh_install_grades_runs_the_plugin_and_leaves_other_tests_alone(tmp_path: Path) -> None:
     start = time.monotonic()
     root = gradescope_layout(tmp_path / "autograder")
-    tools = shims(tmp_path / "shims", dependencies_without_kvspec(tmp_path / "deps"))
+    tools = shims(tmp_path / "shims")
     # pip's negative options read inverted from the environment: PIP_NO_BUILD_ISOLATION=0 turns isolation off.
     env = clean_env(AUTOGRADER_ROOT=str(root), PATH=f"{tools}{os.pathsep}{os.environ['PATH']}", PIP_NO_BUILD_ISOLATION="0")
 
