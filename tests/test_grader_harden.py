@@ -81,6 +81,7 @@ def test_removal_of_a_tree_nested_deeper_than_recursion_goes_never_raises(tmp_pa
 CHAIN = textwrap.dedent("""
     import os, sys, time
     from spec.grader import run
+    from spec.isolation import procfs
     run.become_subreaper()
     counter = sys.argv[1]
     if os.fork() == 0:
@@ -95,7 +96,7 @@ CHAIN = textwrap.dedent("""
         os._exit(0)
     time.sleep(1.0)
     killed = run.sweep()
-    left = run._descendants()
+    left = procfs.descendants()
     size = os.path.getsize(counter)
     time.sleep(0.5)
     print(killed, len(left), os.path.getsize(counter) - size)
