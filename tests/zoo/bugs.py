@@ -90,6 +90,8 @@ VARIANTS: list[Variant] = [
         edit(MEMO, WRITES, WRITES + "        self.seq_pos += 1  # one more token stored\n"),
         edit(MEMO, "        self.seq_pos += 1\n", "        pass  # update already moved seq_pos\n"),
         origin=COURSE,
+        collateral="advance attention memoization model non-invasive",
+        collateral_why="advance does nothing (its half of the bug); every cached decode reads positions shifted by layer",
     ),
     bug(
         "shape_not_validated", "shapes",
@@ -104,6 +106,7 @@ VARIANTS: list[Variant] = [
         "prompt is appended to the first.",
         edit(MEMO, RESET_BODY, RESET_BODY.replace("        self.seq_pos = 0\n", "")),
         origin=COURSE,
+        collateral="",
     ),
     bug(
         "reset_does_not_clear", "reset",
@@ -111,6 +114,7 @@ VARIANTS: list[Variant] = [
         "written still hold the previous sequence's keys and values.",
         edit(MEMO, RESET_BODY, "        self.seq_pos = 0\n"),
         origin=COURSE,
+        collateral="",
     ),
     # -- the published release's defects -----------------------------------------------------
     bug(
@@ -152,6 +156,8 @@ VARIANTS: list[Variant] = [
         "get_includes_next_slot", "get",
         "Off-by-one in get: returns seq_pos + 1 positions (the slot being written, or a zero one).",
         edit(MEMO, "        valid_len = self.seq_pos\n", "        valid_len = self.seq_pos + 1\n"),
+        collateral="attention memoization model non-invasive",
+        collateral_why="attention over what get returns, and so every cached decode, sees one position too many",
     ),
     bug(
         "get_returns_whole_buffer", "get",
@@ -374,6 +380,7 @@ VARIANTS: list[Variant] = [
         edit(MEMO, RESET_BODY, RESET_BODY + """        for slots in self.key_slots + self.value_slots:
             slots[:] = [None] * self.max_seq_len
 """),
+        collateral="",
     ),
     # -- memoization -------------------------------------------------------------------------------
     bug(
