@@ -45,7 +45,7 @@ from spec.clauses import BY_ID, checks
 from spec.data import Pattern
 from spec.isolation.driver import Driver, FloatArray, SubmissionRaised
 from spec.oracle import CacheModel
-from spec.session import CacheRef, Session, current_driver
+from spec.session import CacheRef, Session, SpecFailure, current_driver
 from spec.strategies import CacheConfig, cache_configs
 
 MAX_LAYERS = 3  # cache_configs() draws 1..3 layers; a drawn layer is taken modulo num_layers
@@ -612,13 +612,58 @@ def replay(machine: type[CacheMachine], history: list[tuple[str, int | None]]) -
     m.teardown()
 
 
+Failure = SpecFailure | SubmissionRaised
+
+
+def same_failure(a: BaseException, b: BaseException) -> bool:
+    """The same clause violated, or the same exception raised by the submission."""
+    if isinstance(a, SpecFailure) and isinstance(b, SpecFailure):
+        return a.clause == b.clause
+    return isinstance(a, SubmissionRaised) and isinstance(b, SubmissionRaised) and a.type_name == b.type_name
+
+
+def shrink_history(machine: type[CacheMachine], history: list[tuple[str, int | None]], failure: Failure) -> Failure:
+    """The explicit histories are not Hypothesis examples, so nothing shrinks them: drop one
+    step at a time while the history still fails the same way, and return the failure of
+    the shortest (its message carries that history's script). A few dozen replays of a
+    few dozen calls, only when a check has already failed."""
+    changed = True
+    while changed:
+        changed = False
+        for i in range(len(history)):
+            trial = history[:i] + history[i + 1:]
+            try:
+                replay(machine, trial)
+            except (SpecFailure, SubmissionRaised) as exc:
+                if same_failure(exc, failure):
+                    history, failure, changed = trial, exc, True
+                    break
+    return failure
+
+
 def run(machine: type[CacheMachine], histories: list[list[tuple[str, int | None]]] | None = None) -> None:
     # The grading profile and seed the plugin activated (spec.profiles, for kvspec's checks
     # only); the Session is created per example inside the machine, so the failure's
-    # script is the shrunk example's. The explicit histories run first.
+    # script is the shrunk example's. The explicit histories run first. When one fails,
+    # Hypothesis still runs: its shrunk example of the same failure (often on a smaller
+    # cache) is reported if it finds one, else the explicit history cut down by
+    # shrink_history. Either way the student gets a minimal example (issue 11).
+    found: tuple[list[tuple[str, int | None]], Failure] | None = None
     for middle in histories or []:
-        replay(machine, PREFIX + middle + SUFFIX)
-    run_state_machine_as_test(profiles.apply(machine), settings=profiles.current())
+        try:
+            replay(machine, PREFIX + middle + SUFFIX)
+        except (SpecFailure, SubmissionRaised) as exc:
+            found = (PREFIX + middle + SUFFIX, exc)
+            break
+    if found is None:
+        run_state_machine_as_test(profiles.apply(machine), settings=profiles.current())
+        return
+    try:
+        run_state_machine_as_test(profiles.apply(machine), settings=profiles.current())
+    except (SpecFailure, SubmissionRaised) as exc:
+        if same_failure(exc, found[1]):
+            raise
+    raise shrink_history(machine, *found)
 
 
 @checks("KV-UPD-1", "KV-UPD-2")
