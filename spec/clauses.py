@@ -347,8 +347,8 @@ CLAUSES: tuple[Clause, ...] = (
     # -- performance -------------------------------------------------------------------
     Clause(
         "KV-PERF-1", "MUST", "performance",
-        "The bytes allocated during one `update` do not grow with `seq_pos` (at most 16 KiB more at the last "
-        "position than at the first) and stay below 1/8 of the cache's storage.",
+        "The bytes allocated during one `update` do not grow with `seq_pos` (at most 16 KiB more at position "
+        "`max_seq_len - 2` than at 0) and stay below 1/8 of the cache's storage.",
         "An indexed write is O(1); reallocating or concatenating history makes decoding quadratic. "
         "Counted with tracemalloc, so the check is deterministic on a noisy machine.",
     ),

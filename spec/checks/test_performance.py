@@ -2,15 +2,16 @@
 
 Counted, not timed: the driver measures with tracemalloc the peak bytes allocated during
 one update, on the submission's side. Two measurements per layer, on one cache of a long
-max_seq_len: the update at position 0 and the update at the last position, after a full
+max_seq_len: the update at position 0 and the update at position max_seq_len - 2 (the last
+position is the bounds checks' edge: a capacity check firing early costs bounds only), after a
 history has been written. tracemalloc counts are deterministic, so the check gives the
 same verdict on a loaded machine.
 
-Thresholds (KV-PERF-1): at most 16 KiB more at the last position than at the first, and
+Thresholds (KV-PERF-1): at most 16 KiB more near the end than at the first position, and
 below 1/8 of the storage. With the cache below (storage 1 MiB, each layer's keys 256 KiB):
 - the reference's indexed write allocates under 1 KiB at either position (views, small
   temporaries; measured 896-992 bytes): far inside both limits;
-- concatenating or stacking the history allocates about 256 KiB at the last position
+- concatenating or stacking the history allocates about 256 KiB near the end
   (a new (B, H, 511, D) float32 array): 16 times the growth limit, twice the size limit;
 - copying the layer's whole buffer on every update allocates 256 KiB at every position:
   no growth, but twice the 1/8 limit. (With num_layers <= 3 one layer's keys are at
