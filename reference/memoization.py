@@ -8,7 +8,8 @@ it exactly as it grades a submission.
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+from contextlib import nullcontext
+from typing import Any, Callable, ContextManager
 
 import numpy as np
 
@@ -16,7 +17,7 @@ from reference.gpt import softmax
 from reference.kv_cache import KVCache
 from reference.tensor import Tensor
 
-__all__ = ["Tensor", "KVCache", "enable_kv_cache", "disable_kv_cache"]
+__all__ = ["Tensor", "KVCache", "enable_kv_cache", "disable_kv_cache", "_cached_generate"]
 
 REQUIRED_ATTRIBUTES = ("embed_dim", "num_layers", "num_heads", "max_seq_len", "blocks")
 
@@ -91,3 +92,46 @@ def disable_kv_cache(model: Any) -> None:
         del block._attention_forward_was_own
     model._kv_cache = None
     model._cache_enabled = False
+
+
+def _cached_generate(model: Any, prompt_tokens: Any, max_new_tokens: int, temperature: float, cache: Any) -> list[int]:
+    """Decode `max_new_tokens` after the prompt, one token per step through `cache` (the 2026
+    course's function, KV-GEN-1..3): the cache is reset first; the prompt is fed one token at
+    a time at start_pos=cache.seq_pos with advance() after each, then each new token but the
+    last. Temperature 0 is greedy argmax; above 0, sampling from softmax(logits / temperature)
+    with a fixed seed. Every step runs inside `cache.generation()` when the cache has one.
+    Raises ValueError for a bad argument before touching the cache.
+    """
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens must be a non-negative int, got {max_new_tokens!r}")
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not math.isfinite(temperature) or temperature < 0:
+        raise ValueError(f"temperature must be a finite number >= 0, got {temperature!r}")
+    prompt = [int(t) for t in prompt_tokens]
+    if not prompt:
+        raise ValueError("the prompt is empty")
+    if len(prompt) + max_new_tokens > cache.max_seq_len:
+        raise ValueError(f"{len(prompt)} prompt + {max_new_tokens} new tokens exceed max_seq_len {cache.max_seq_len}")
+    cache.reset()
+    rng = np.random.default_rng(0)
+
+    def step(token: int) -> Any:
+        scope: ContextManager[Any] = cache.generation() if callable(getattr(cache, "generation", None)) else nullcontext()
+        with scope:
+            logits = np.asarray(model.forward(Tensor(np.array([[token]])), start_pos=cache.seq_pos).data)
+        cache.advance()
+        return logits[0, -1].astype(np.float64)
+
+    last: Any = None
+    for token in prompt:
+        last = step(token)
+    new: list[int] = []
+    for i in range(max_new_tokens):
+        if temperature == 0:
+            token = int(np.argmax(last))
+        else:
+            p = softmax((last / temperature)[None, :])[0]
+            token = int(rng.choice(len(p), p=p / p.sum()))
+        new.append(token)
+        if i < max_new_tokens - 1:
+            last = step(token)
+    return new

@@ -28,7 +28,14 @@ GROUPS = (
     "non-invasive",
     "memoization",
     "performance",
+    "generate",
 )
+# Groups graded only when the submission offers what they check (the 2026 course's
+# `_cached_generate`): when it does not, their checks are not applicable and their points
+# are spread over the other scored groups, in proportion to those groups' points.
+OPTIONAL_GROUPS = ("generate",)
+# A check of an optional group that does not apply skips with a reason starting with this.
+NOT_APPLICABLE = "kvspec-not-applicable"
 
 
 @dataclass(frozen=True)
@@ -351,6 +358,33 @@ CLAUSES: tuple[Clause, ...] = (
         "`max_seq_len - 2` than at 0) and stay below 1/8 of the cache's storage.",
         "An indexed write is O(1); reallocating or concatenating history makes decoding quadratic. "
         "Counted with tracemalloc, so the check is deterministic on a noisy machine.",
+    ),
+    # -- generate (only when the module defines _cached_generate) -------------------------
+    Clause(
+        "KV-GEN-1", "MUST", "generate",
+        "When the module defines `_cached_generate(model, prompt_tokens, max_new_tokens, temperature, cache)`, "
+        "then on an enabled model, with the cache `enable_kv_cache` returned and temperature 0, it returns a list "
+        "of `max_new_tokens` token ids equal to uncached greedy decoding of the prompt (where the two largest "
+        "logits tie within KV-MOD-2's tolerance, either token conforms and the runs may part there).",
+        "The 2026 course grades this function; temperature 0 is greedy argmax, so its tokens are fully determined "
+        "by the model, and the cache must not change them (KV-MOD-3 for the course's own loop).",
+    ),
+    Clause(
+        "KV-GEN-2", "MUST", "generate",
+        "`_cached_generate` resets the cache first: with a cache still holding another sequence it returns the "
+        "same tokens as with a fresh one; afterwards `seq_pos == len(prompt_tokens) + max_new_tokens - 1` (for "
+        "max_new_tokens >= 1: every prompt token and every new token but the last was fed and advanced).",
+        "One cache serves many generations; keys left from the previous prompt would be attended to. seq_pos "
+        "afterwards is what the course's text states, and tells a loop that feeds the last token (wasted work) "
+        "or skips advancing from a correct one.",
+    ),
+    Clause(
+        "KV-GEN-3", "MUST", "generate",
+        "`_cached_generate` raises `ValueError` for `max_new_tokens` that is not a non-negative int (-1, 2.5), "
+        "a temperature that is negative or not finite (-0.5, nan, inf), an empty prompt, and a prompt plus new "
+        "tokens longer than `cache.max_seq_len`.",
+        "The course's contract for this function; each would otherwise fail later, inside the model or the "
+        "cache, far from the argument at fault (or, for nan, sample garbage).",
     ),
 )
 

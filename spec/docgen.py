@@ -193,6 +193,76 @@ for t, tok in enumerate(tokens):
     cache.advance()
 # step t's logits == row t of model.forward(Tensor(np.array([tokens])))
 ```
+
+When the cache offers a `generation()` scope (the 2026 course), every step runs inside it,
+and a forward outside it must leave the cache alone (KV-MOD-8):
+
+```python
+cache = enable_kv_cache(model)
+for t, tok in enumerate(tokens):
+    with cache.generation():
+        logits = model.forward(Tensor(np.array([[tok]])), start_pos=t)
+    cache.advance()
+```
+"""
+
+COURSES = """\
+## Course releases: what student code may rely on
+
+The grader supports three releases of the course. A submission written for any of them,
+correctly, gets full marks; what differs between them is decided by a clause, with its
+reason. The model is always the grader's (`reference/gpt.py`), built around the
+submission's own Tensor, and offers the union of what the releases' student code calls.
+
+| | 2025 package | course site, module 17 | 2026 course, module 18 |
+| --- | --- | --- | --- |
+| cache module | `tinytorch.generation.kv_cache` | `tinytorch.perf.memoization` | `tinytorch.perf.memoization` (exported from `modules/18_memoization/memoization.ipynb`) |
+| cache API | `KVCache(B, S, L, H, D)`, `update`, `get`, `advance`, `reset`, `get_memory_usage`, `seq_pos` | the same | the same, plus the `generation()` context manager |
+| how attention is cached | patch `block.attention.forward`, original saved on the block | patch, or a wrapper object | `block.attention` replaced by a `CachedAttention(attention, cache, layer_idx)` stand-in holding the original as `.attention` |
+| when the cached path runs | every single-token forward | every single-token forward | a single-token forward inside `with cache.generation():` only |
+| decode protocol | one token at a time at `start_pos=t`, `advance()` after each | the same | the same, each step inside `with cache.generation():` (KV-MOD-8) |
+| `_cached_generate` | absent | absent | graded (group `generate`, KV-GEN-1..3) |
+| bool dimensions | accepted by some versions | varies | refused (`ValueError`) |
+
+**The model surface every release may rely on** (the grader's GPT offers all of it):
+
+- GPT: `embed_dim`, `num_layers`, `num_heads`, `max_seq_len`, `vocab_size`, `blocks`,
+  `forward(tokens, start_pos=0)` (positions sliced from `start_pos`), `__call__`.
+- Block: `block.attention`, and the block calls `self.attention.forward(ln1(x), mask)`
+  with the causal mask as a binary lower-triangular matrix of the model's Tensor class,
+  1 = may attend, 0 = blocked.
+- Attention (Module 12): `embed_dim`, `num_heads`, `head_dim`, `q_proj`, `k_proj`,
+  `v_proj`, `out_proj`; `_split_heads(x, batch, seq)` -> (B, H, seq, D) and
+  `_merge_heads(x, batch, seq)` -> (B, seq, E), both returning the model's Tensor class;
+  `forward(x, mask=None)`; `__call__` (which calls `forward`, so a patched `forward` is
+  what runs); `parameters()`, the projections' weights and biases.
+- Linear: `.forward(x)` on the model's Tensor class, returning it. (Its `weight` and
+  `bias` are NumPy arrays in this model; student attention code in every release goes
+  through `.forward`.)
+
+**Differences, decided:**
+
+- **The generation scope** (KV-MOD-8). When the cache has `generation()`, the protocol
+  runs each decode step inside it, so a 2026 submission is graded on the path it
+  implements; and a forward outside the scope, of one token too, must be the original
+  model's and leave the cache alone. Why require the second half: the scope is the 2026
+  design's whole point (a one-token forward for training or evaluation with the cache
+  enabled must not consume or corrupt another sequence's history), and a stand-in that
+  ignored it would fail the course's own use. A cache without `generation()` is graded
+  without a scope, and caching every single-token forward is then right.
+- **`_cached_generate`** (KV-GEN-1..3) is graded only where a release has it; where the
+  module does not define it, the group does not apply and its points go to the other
+  groups (docs/rubric.md), so a 2025 or module 17 submission loses nothing.
+- **Bools as dimensions** (KV-CON-5): refused, with `TypeError` or `ValueError`, in every
+  release: True is not a dimension, and the exception class is an implementation's
+  choice as in KV-CON-3.
+- **`disable_kv_cache` deleting `_kv_cache`** (as the 2026 course does) conforms: KV-NI-5
+  accepts an absent attribute. Printing a banner in `enable` / `disable` conforms.
+- **`get` returning copies** (2026) or views conforms (KV-GET-3).
+- **Memoization is credited only to a working cache** (KV-MEMO-1/2): counted projections
+  are paid only when every decode step equals the uncached forward and the cache holds
+  the projected keys and values. An enabled model that never writes its cache also
+  projects one row per step; that is not memoization.
 """
 
 EDGES = """\
@@ -300,6 +370,7 @@ def render(checks: Sequence[Check] | None = None) -> str:
     parts = [
         INTRO.format(regenerate=REGENERATE),
         WHERE.format(modules=_modules_table()),
+        COURSES,
         EDGES,
         UNSPECIFIED,
         HOW_CHECKED.format(profiles=_profiles_table()),

@@ -20,7 +20,7 @@ from typing import Any, Generator
 
 import pytest
 
-from spec.clauses import BY_ID, group_of
+from spec.clauses import BY_ID, NOT_APPLICABLE, group_of
 from spec.isolation.driver import GraderFault, SubmissionCrashed, SubmissionRaised, SubmissionUnavailable
 from spec.session import EXAMPLE_INTRO, NotMeasured, SpecFailure
 
@@ -38,6 +38,7 @@ class Verdict:
     duration: float
     fault: str = ""  # a GraderFault's detail: the grader failed before the submission's code ran; not scored
     blocked_by: str = ""  # not measured: the clause whose failure stood in the way (no credit)
+    applicable: bool = True  # False: an optional group's check that does not apply (not scored, costs nothing)
 
 
 def explain(exc: BaseException, clauses: list[str]) -> str:
@@ -161,6 +162,10 @@ class Collector:
             v = Verdict(report.nodeid, name, list(clauses), group_of(list(clauses)), True, "", 0.0)
             self.verdicts[report.nodeid] = v
         v.duration += report.duration
+        if report.skipped and NOT_APPLICABLE in report.longreprtext:
+            v.applicable = False
+            v.message = report.longreprtext[-MAX_OUTPUT:]
+            return
         if report.failed or report.skipped:
             v.passed = False
             fault = props.get("kvspec_fault")

@@ -98,6 +98,13 @@ def _fmt(value: object) -> str:
     return repr(value)
 
 
+def code(value: object) -> str:
+    """Python source for a plain value (repr, except the floats whose repr is not code)."""
+    if isinstance(value, float) and not np.isfinite(value):
+        return f"float('{value}')"
+    return repr(value)
+
+
 @dataclass
 class Script:
     """The calls made so far, as code."""
@@ -391,7 +398,8 @@ class ModelRef:
 
     def generate(self, cache: CacheRef, prompt: object, max_new_tokens: object, temperature: object) -> list[int]:
         """`_cached_generate(model, prompt, max_new_tokens, temperature, cache)`."""
-        self.s.query(f"new_tokens = _cached_generate({self.name}, {prompt!r}, {max_new_tokens!r}, {temperature!r}, {cache.name})")
+        args = ", ".join(code(a) for a in (prompt, max_new_tokens, temperature))
+        self.s.query(f"new_tokens = _cached_generate({self.name}, {args}, {cache.name})")
         return self.s.call(lambda: self.s.driver.cached_generate(self.handle, cache.handle, prompt, max_new_tokens, temperature))
 
     def enable(self) -> CacheRef:

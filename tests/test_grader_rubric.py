@@ -21,10 +21,10 @@ from typing import Any
 
 import pytest
 
-from spec.clauses import BY_ID, CLAUSES, GROUPS
+from spec.clauses import BY_ID, CLAUSES, GROUPS, OPTIONAL_GROUPS
 from spec.grader import batch, reports
 from spec.grader.grade import Grade, score
-from spec.grader.rubric import DEFAULT_RUBRIC, Check, RubricError, fmt, load, max_scores, parse, split
+from spec.grader.rubric import DEFAULT_RUBRIC, Check, RubricError, fmt, group_points, load, max_scores, parse, split
 from spec.grader.run import Outcome, RunResult
 
 VISIBILITIES = {"hidden", "after_due_date", "after_published", "visible"}
@@ -132,6 +132,22 @@ def test_every_group_has_checks_in_the_suite() -> None:
     missing = [g for g in GROUPS if g not in {c.group for c in checks}]
     assert not missing, f"groups without checks: {missing}"
     assert sum(max_scores(load(), checks).values()) == 100_00
+
+
+def test_an_optional_group_that_does_not_apply_gives_its_points_to_the_others() -> None:
+    """A submission without _cached_generate: the generate group's checks do not apply, and
+    its points go to the other groups in proportion, so the maximum stays 100."""
+    rubric = load()
+    everything = synthetic_checks()
+    without = [c for c in everything if c.group not in OPTIONAL_GROUPS]
+    points = group_points(rubric, without)
+    assert sum(points.values()) == 100_00 and all(points[g] == 0 for g in OPTIONAL_GROUPS)
+    assert all(points[g] >= rubric.group_points[g] for g in GROUPS if g not in OPTIONAL_GROUPS)
+    assert sum(max_scores(rubric, without).values()) == 100_00
+    assert group_points(rubric, everything) == rubric.group_points  # it applies: nothing moves
+    result = RunResult([Outcome(c, True, "", 0.1) for c in without])
+    tests, unscored = score(result, rubric)
+    assert sum(t.score for t in tests) == 100_00 and unscored == []
 
 
 @pytest.mark.parametrize("total", [0, 1, 100, 1000, 333, 1001])

@@ -28,7 +28,8 @@ if str(ROOT) not in sys.path:
 from spec.results import Verdict, load_verdicts  # noqa: E402
 from tests.zoo import course2026  # noqa: E402
 
-CHECK_FILES = ("spec/checks/test_model.py", "spec/checks/test_noninvasive.py", "spec/checks/test_memoization.py")
+CHECK_FILES = ("spec/checks/test_model.py", "spec/checks/test_noninvasive.py", "spec/checks/test_memoization.py",
+               "spec/checks/test_generate.py")
 MEMOIZATION = (ROOT / "reference" / "memoization.py").read_text()
 KV_CACHE = (ROOT / "reference" / "kv_cache.py").read_text()
 COURSE_2026 = course2026.module("from reference.tensor import Tensor")
@@ -48,6 +49,9 @@ FLAGS = "test_disable_clears_the_cache_flags"
 KV_ROWS = "test_keys_and_values_are_projected_once_per_token"
 Q_ROWS = "test_each_step_projects_the_query_of_the_new_token_only"
 SCOPE = "test_forward_outside_the_generation_scope_is_original_and_leaves_cache"
+GEN_GREEDY = "test_cached_generate_at_temperature_zero_is_greedy"
+GEN_RESET = "test_cached_generate_resets_first_and_leaves_seq_pos"
+GEN_ARGS = "test_cached_generate_refuses_bad_arguments"
 
 
 @dataclass(frozen=True)
@@ -58,7 +62,8 @@ class Mutant:
     fails: tuple[str, ...]  # checks that must fail (others may fail too, unless `only`)
     only: bool = False  # every other check must pass (a bug only these checks can see)
     file: str = "memoization"  # or "kv_cache", or "course2026" (tests/zoo/course2026.py, the 2026 course's style)
-    says: tuple[str, ...] = field(default=())  # phrases the first failing check's message must contain
+    says: tuple[str, ...] = field(default=())  # phrases that must each be in the message of one of the `fails` checks
+    more: tuple[tuple[str, str], ...] = ()  # further (old, new) edits of the same file, applied after the first
 
 
 # A correct design the spec must not punish: replace block.attention with a wrapper object
@@ -136,6 +141,9 @@ CACHE_READ = """        cache.update(layer_idx, Tensor(k), Tensor(v))  # every t
         keys = np.concatenate([past_k.data, k], axis=2)
         values = np.concatenate([past_v.data, v], axis=2)
 """
+NOT_ATTENDED_OLD = "        keys = np.concatenate([past_k.data, k], axis=2)\n        values = np.concatenate([past_v.data, v], axis=2)\n"
+NOT_ATTENDED_NEW = ("        keys = past_k.data if cache.seq_pos else k\n"
+                    "        values = past_v.data if cache.seq_pos else v\n")
 DISABLE_FLAGS = "    model._kv_cache = None\n    model._cache_enabled = False\n"
 DISABLE_DOC = '''    """Restore every block's original attention.forward exactly; a no-op if never enabled."""
 '''
@@ -177,6 +185,7 @@ MUTANTS = (
         "/ np.float32(math.sqrt(head_dim))",
         "/ np.float32(head_dim)",
         (DECODE, RESET),
+        says=("divide by sqrt(head_dim)",),
     ),
     Mutant(
         "keys and values swapped when cached",
@@ -244,7 +253,7 @@ MUTANTS = (
         "        if seq_len != 1:\n",
         "        if True:\n",
         (KV_ROWS, Q_ROWS, DECODE),
-        says=("decodes correctly",),
+        says=("decodes correctly", "no layer's cache was ever written"),
     ),
     Mutant(
         "keys and values kept beside the cache (outputs right, projected once, the KVCache never written)",
@@ -262,6 +271,57 @@ MUTANTS = (
         "        if seq != 1 or not self.cache._generation_active:\n",
         "        if seq != 1:\n",
         (SCOPE,), only=True, file="course2026", says=("outside `with cache.generation():`",),
+    ),
+    Mutant(
+        "2026 style: _cached_generate does not reset the cache first",
+        "    cache.reset()\n    rng = np.random.default_rng(0)\n",
+        "    rng = np.random.default_rng(0)\n",
+        (GEN_RESET,), only=True, file="course2026", says=("must call cache.reset()",),
+    ),
+    Mutant(
+        "2026 style: _cached_generate also feeds the last new token (seq_pos one too far)",
+        "            if i < max_new_tokens - 1:\n",
+        "            if i < max_new_tokens - 1 or cache.seq_pos < cache.max_seq_len:\n",
+        (GEN_RESET,), only=True, file="course2026", says=("seq_pos = len(prompt) + max_new_tokens - 1",),
+    ),
+    Mutant(
+        "2026 style: _cached_generate samples the first new token from the wrong logits (argmin)",
+        "                tok = int(np.argmax(last))\n",
+        "                tok = int(np.argmax(last)) if new else int(np.argmin(last))\n",
+        (GEN_GREEDY, GEN_RESET), file="course2026",
+    ),
+    Mutant(
+        "2026 style: _cached_generate accepts a nan temperature",
+        "    if not np.isfinite(temperature) or temperature < 0:\n",
+        "    if temperature < 0:\n",
+        (GEN_ARGS,), only=True, file="course2026", says=("temperature is nan",),
+    ),
+    Mutant(
+        "the published release's three defects at once: closure over the loop variable, first token uncached, "
+        "current token not attended",
+        PATCH_LINE,
+        "        attention.forward = lambda x, mask=None: _cached_attention_forward("
+        "attention, block._original_attention_forward, cache, layer_idx)(x, mask)",
+        (DECODE, RESET),
+        says=("closure over the loop variable", "the first token (seq_pos == 0) is never cached", "does not attend to itself"),
+        more=(("        if seq_len != 1:\n", "        if seq_len != 1 or cache.seq_pos == 0:\n"), (NOT_ATTENDED_OLD, NOT_ATTENDED_NEW)),
+    ),
+    Mutant(
+        "current token not attended (attends over the cached prefix only)",
+        NOT_ATTENDED_OLD, NOT_ATTENDED_NEW,
+        (DECODE, RESET),
+        says=("does not attend to itself",),
+    ),
+    Mutant(
+        "the multi-token path drops the causal mask",
+        "            return original(x, mask)", "            return original(x, None)",
+        (PROMPT,), only=True, says=("causal mask was dropped",),
+    ),
+    Mutant(
+        "2026 style: generation() never activates the scope (nothing is ever cached)",
+        "        self._generation_active = True\n",
+        "        self._generation_active = previous\n",
+        (DECODE,), file="course2026", says=("no layer's cache was ever written", "with cache.generation()"),
     ),
     Mutant(
         "reset does not rewind seq_pos",
@@ -322,14 +382,19 @@ def lay_out(mutant: Mutant, directory: Path) -> Path:
     """Write the mutant as a loose submission; return the directory."""
     directory.mkdir(parents=True)
     memoization = MEMOIZATION
+    def edited(source: str) -> str:
+        for old, new in ((mutant.old, mutant.new),) + mutant.more:
+            source = apply(source, old, new, mutant.name)
+        return source
+
     if mutant.file == "course2026":
-        (directory / "memoization.py").write_text(apply(COURSE_2026, mutant.old, mutant.new, mutant.name))
+        (directory / "memoization.py").write_text(edited(COURSE_2026))
         return directory
     if mutant.file == "kv_cache":
-        (directory / "kv_cache.py").write_text(apply(KV_CACHE, mutant.old, mutant.new, mutant.name))
+        (directory / "kv_cache.py").write_text(edited(KV_CACHE))
         memoization = apply(memoization, "from reference.kv_cache import KVCache", "from kv_cache import KVCache", "import")
     else:
-        memoization = apply(memoization, mutant.old, mutant.new, mutant.name)
+        memoization = edited(memoization)
     (directory / "memoization.py").write_text(memoization)
     return directory
 
@@ -374,7 +439,7 @@ def run_all(mutants: tuple[Mutant, ...], tmp: Path, workers: int = 2) -> dict[st
 
 def problems_with(mutant: Mutant, verdicts: dict[str, Verdict], must_pass: bool) -> list[str]:
     failed = {name for name, v in verdicts.items() if not v.passed}
-    if len(verdicts) < 15:
+    if len(verdicts) < 18:
         return [f"{mutant.name}: only {len(verdicts)} verdicts"]
     if must_pass:
         return [f"{mutant.name} must pass every check; failed: {sorted(failed)}\n" + verdicts[n].message for n in sorted(failed)][:1]
@@ -385,9 +450,9 @@ def problems_with(mutant: Mutant, verdicts: dict[str, Verdict], must_pass: bool)
     elif mutant.only and failed != set(mutant.fails):
         out.append(f"{mutant.name}: only {list(mutant.fails)} should fail; failed: {sorted(failed)}")
     for phrase in mutant.says:
-        message = verdicts[mutant.fails[0]].message
-        if phrase not in message:
-            out.append(f"{mutant.name}: the message lacks {phrase!r}:\n{message}")
+        if not any(phrase in verdicts[name].message for name in mutant.fails):
+            message = "\n\n".join(verdicts[name].message for name in mutant.fails)
+            out.append(f"{mutant.name}: no message of {list(mutant.fails)} says {phrase!r}:\n{message}")
     for name in mutant.fails:
         message = verdicts[name].message
         if not (message.startswith("[KV-") and "Minimal example" in message):

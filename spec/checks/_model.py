@@ -13,11 +13,13 @@ course), every decode step runs inside `with cache.generation():` (ModelRef.step
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from typing import Callable
 
 import numpy as np
 from hypothesis import strategies as st
 
 from reference.gpt import GPT
+from spec.checks._diagnosis import diagnose
 from spec.isolation.driver import FloatArray, IntArray, ModelConfig, SubmissionCrashed, SubmissionRaised
 from spec.session import CacheRef, ModelRef, Session
 from spec.strategies import model_configs
@@ -227,7 +229,7 @@ def decode(
     expected: FloatArray | None,
     clause: str,
     name: str = "full",
-    context: str = "",
+    context: str | Callable[[], str] = "",
     widen: float = 1.0,
 ) -> None:
     """The decode protocol; if `expected` is given, step t must return expected[t] (KV-MOD-2's
@@ -238,7 +240,9 @@ def decode(
             row = logits[0, 0] if logits.shape[:2] == (1, 1) else logits
             if not close(row, expected[t], widen):
                 overflow = not np.isfinite(row).all() and bool(np.isfinite(expected[t]).all())
-                hint = context + (OVERFLOW_HINT if overflow else step_hint(s, cache, config, t))
+                prefix = context() if callable(context) else context
+                hint = prefix + (OVERFLOW_HINT if overflow else
+                                 diagnose(s.driver, config, tokens) or step_hint(s, cache, config, t))
                 if row.shape == expected[t].shape:
                     hint += f" (step {t}: max |difference| {np.abs(row - expected[t]).max():.3g})"
                 s.script.lines[-1] += f"  # compare with {name}[{t}]"

@@ -7,6 +7,8 @@ protocol, diagnosis of a wrong step) live in spec/checks/_model.py.
 
 from __future__ import annotations
 
+from typing import Any, Callable
+
 import numpy as np
 from hypothesis import given
 from hypothesis import strategies as st
@@ -31,6 +33,7 @@ from spec.checks._model import (
     two_sequences,
     uncached_rows,
 )
+from reference.gpt import GPT, MultiHeadAttention
 from spec.checks._evidence import current, measuring
 from spec.clauses import checks
 from spec.isolation.driver import Driver, FloatArray, ModelConfig
@@ -173,9 +176,13 @@ def test_multi_token_forward_with_cache_enabled_is_original_and_leaves_cache(dri
         current().blocked("KV-GET-1", f"after {len(case.decoded)} cached decode steps get() shows nothing", s)
     got = model.forward_in_scope(cache, tokens_array(case.probe), start_pos=case.start_pos, recorded=True)
     if not close(got, expected):
-        raise s.fail("KV-MOD-4", expected, got, call=last_line(s),
-                     hint="a forward of several tokens must take the original attention path"
-                          + (", inside the generation scope too" if cache.scoped else ""))
+        unmasked = unmasked_logits(case.config, case.probe, case.start_pos)
+        hint = ("the causal mask was dropped: these logits are the model's with every token attending to later ones too. "
+                "The path for several tokens must hand the block's mask on to the original attention, "
+                "original_forward(x, mask)" if close(got, unmasked) else
+                "a forward of several tokens must take the original attention path"
+                + (", inside the generation scope too" if cache.scoped else ""))
+        raise s.fail("KV-MOD-4", expected, got, call=last_line(s), hint=hint)
     after_pos = cache.seq_pos
     if after_pos != seq_pos:
         raise s.fail("KV-MOD-4", seq_pos, after_pos,
@@ -187,6 +194,19 @@ def test_multi_token_forward_with_cache_enabled_is_original_and_leaves_cache(dri
                 raise s.fail("KV-MOD-4", old, new,
                              hint=f"layer {layer}'s cached {what} changed during a forward of several tokens, which "
                                   "must leave the cache alone")
+
+
+def unmasked_logits(config: ModelConfig, tokens: list[int], start_pos: int) -> FloatArray:
+    """The grader's own copy of the model, run with no causal mask (every attention gets mask=None)."""
+    model = GPT(config.vocab_size, config.embed_dim, config.num_layers, config.num_heads, config.max_seq_len, seed=config.seed)
+
+    def unmasked(attention: MultiHeadAttention) -> Callable[..., Any]:
+        return lambda x, mask=None: MultiHeadAttention.forward(attention, x, None)
+
+    for block in model.blocks:
+        block.attention.forward = unmasked(block.attention)  # type: ignore[method-assign]
+    logits: FloatArray = np.asarray(model.forward(tokens_array(tokens), start_pos=start_pos).data, dtype=np.float64)
+    return logits
 
 
 @checks("KV-MOD-5")

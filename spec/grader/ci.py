@@ -18,7 +18,7 @@ import os
 
 import pytest
 
-from spec.clauses import GROUPS, group_of
+from spec.clauses import GROUPS, NOT_APPLICABLE, group_of
 from spec.grader.rubric import Check, Rubric, RubricError, fmt, load, max_scores, unscored_groups
 from spec.results import Collector
 
@@ -60,6 +60,10 @@ class Score:
         if not isinstance(clauses, list):
             if report.failed:
                 self.other_failures += 1
+            return
+        if report.skipped and NOT_APPLICABLE in report.longreprtext:
+            self.checks.pop(report.nodeid, None)  # an optional group's check that does not apply: not scored
+            self.passed.pop(report.nodeid, None)
             return
         if report.nodeid not in self.checks:
             ids = tuple(str(c) for c in clauses)

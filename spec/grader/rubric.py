@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from spec.clauses import BY_ID, CLAUSES, GROUPS
+from spec.clauses import BY_ID, CLAUSES, GROUPS, OPTIONAL_GROUPS
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -197,21 +197,43 @@ def split(total: int, weights: list[float]) -> list[int]:
     return shares
 
 
+def group_points(rubric: Rubric, checks: list[Check]) -> dict[str, int]:
+    """Centipoints of each group for this run. An optional group (spec.clauses.OPTIONAL_GROUPS)
+    without checks here (the submission does not offer what it checks, so its checks were
+    not applicable) gives its points to the other groups that have checks, in proportion to
+    their points, so its absence costs nothing and the maximum stays the rubric's."""
+    points = dict(rubric.group_points)
+    present = {c.group for c in checks}
+    absent = [g for g in OPTIONAL_GROUPS if points[g] > 0 and g not in present]
+    receivers = [g for g in GROUPS if g in present and points[g] > 0]
+    if absent and receivers:
+        spare = sum(points.pop(g) for g in absent)
+        for g, extra in zip(receivers, split(spare, [float(points[g]) for g in receivers])):
+            points[g] += extra
+        for g in absent:
+            points[g] = 0
+    return points
+
+
 def max_scores(rubric: Rubric, checks: list[Check]) -> dict[str, int]:
     """Centipoints each check is worth (nodeid -> centipoints). A group without checks in
-    this suite awards nothing (its points are reported as not scored)."""
+    this suite awards nothing (its points are reported as not scored), except an optional
+    group, whose points go to the others (group_points)."""
+    points = group_points(rubric, checks)
     out: dict[str, int] = {}
     for group in GROUPS:
         members = sorted((c for c in checks if c.group == group), key=lambda c: c.nodeid)
-        for check, share in zip(members, split(rubric.group_points[group], [rubric.weight(c) for c in members])):
+        for check, share in zip(members, split(points[group], [rubric.weight(c) for c in members])):
             out[check.nodeid] = share
     return out
 
 
 def unscored_groups(rubric: Rubric, checks: list[Check]) -> list[str]:
-    """Groups with points in the rubric but no check in the suite."""
+    """Groups with points in the rubric but no check in the suite (optional groups whose
+    points were spread over the others are not among them)."""
     present = {c.group for c in checks}
-    return [g for g in GROUPS if rubric.group_points[g] > 0 and g not in present]
+    spread = OPTIONAL_GROUPS if any(rubric.group_points[g] > 0 for g in present) else ()
+    return [g for g in GROUPS if rubric.group_points[g] > 0 and g not in present and g not in spread]
 
 
 def fmt(centipoints: int) -> str:

@@ -42,6 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Iterator
 
+from spec.clauses import NOT_APPLICABLE
 from spec.discovery import Target
 from spec.grader.rubric import Check
 from spec.grader.safe_io import UnsafeFile, private_dir, read_bounded, remove_tree
@@ -578,6 +579,13 @@ def run_suite(target: Target, checks: list[Check], options: Options) -> RunResul
     outcomes = []
     for check in checks:
         v = verdicts.get(check.nodeid)
+        if v is not None and not v.applicable:  # an optional group's check that does not apply: not scored
+            why = v.message.split(NOT_APPLICABLE + ": ")[-1].strip().rstrip("')\"")[:200]
+            note = (f"Group {check.group!r} does not apply ({why}): "
+                    "its points are spread over the other groups.")
+            if note not in notes:
+                notes.append(note)
+            continue
         if v is not None:
             outcomes.append(Outcome(check, bool(v.passed), str(v.message), float(v.duration)))
             continue

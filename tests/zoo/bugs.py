@@ -68,6 +68,22 @@ FACTORY_HEAD = '''    """Build the cached attention forward for one layer."""
 
 '''
 
+# The published 2025 package's layout: the cache module at tinytorch/generation/kv_cache.py.
+# Its known defects are laid out there, so the zoo shows each one graded as that release's
+# students hand it in (discovered without flags).
+LAYOUT_2025 = dict(
+    adds=(("tinytorch/generation/__init__.py", ""),),
+    moves=((MEMO, "tinytorch/generation/kv_cache.py"),),
+    deletes=("tinytorch/perf",),
+)
+RELEASE_2025 = "published 2025 package defect"
+
+
+def release_2025(name: str, groups: str, description: str, *edits: object) -> Variant:
+    return bug(name, groups, description + " (Laid out as the 2025 package: tinytorch/generation/kv_cache.py.)",
+               *edits, origin=RELEASE_2025, **LAYOUT_2025)  # type: ignore[arg-type]
+
+
 VARIANTS: list[Variant] = [
     # -- the course text's four common errors ------------------------------------------------
     bug(
@@ -117,7 +133,7 @@ VARIANTS: list[Variant] = [
         collateral="",
     ),
     # -- the published release's defects -----------------------------------------------------
-    bug(
+    release_2025(
         "closure_over_loop_variable", "model",
         "Every layer uses the last block's weights: the patched forward is a closure defined in the "
         "loop that reads `block` and `layer_idx` when it runs, after the loop has finished.",
@@ -133,14 +149,20 @@ VARIANTS: list[Variant] = [
         block.attention.forward = cached_forward
 """,
         ),
-        origin=RELEASE,
     ),
-    bug(
+    release_2025(
         "first_token_never_cached", "model",
         "The first token (seq_pos == 0) takes the original path and is never written, so every later "
         "token attends to a zero key at position 0.",
         edit(MEMO, "        if seq_len > 1:\n", "        if seq_len > 1 or cache.seq_pos == 0:\n"),
-        origin=RELEASE,
+    ),
+    release_2025(
+        "current_token_not_attended", "model",
+        "The new token is written to the cache but not attended to: each step attends over the cached "
+        "prefix only (cache.get before this token), leaving out the token's own key and value; the first "
+        "token, with nothing cached, attends to itself.",
+        edit(MEMO, CONCAT, "        all_keys = past_keys.data if cache.seq_pos else K.data\n"
+                           "        all_values = past_values.data if cache.seq_pos else V.data\n"),
     ),
     bug(
         "attends_only_to_itself", "model",
@@ -211,7 +233,7 @@ VARIANTS: list[Variant] = [
              "        return Tensor(cached_values), Tensor(cached_keys)\n"),
     ),
     # -- shapes --------------------------------------------------------------------------------
-    bug(
+    release_2025(
         "shape_checks_head_dim_only", "shapes",
         "Silent broadcasting: the shape check only compares the last axis, so a (1, H, 1, D) key for "
         "B = 2 or an (H, 1, D) key is broadcast into the cache.",
@@ -237,7 +259,7 @@ VARIANTS: list[Variant] = [
         ),
     ),
     # -- bounds ----------------------------------------------------------------------------------
-    bug(
+    release_2025(
         "negative_layer_accepted", "bounds",
         "A negative layer index is accepted; NumPy/list indexing maps -1 to the last layer.",
         edit(MEMO, """        if layer_idx < 0:
@@ -249,7 +271,7 @@ VARIANTS: list[Variant] = [
         "layer_idx > num_layers instead of >=: layer num_layers fails with an IndexError from the list.",
         edit(MEMO, "        if layer_idx >= self.num_layers:\n", "        if layer_idx > self.num_layers:\n"),
     ),
-    bug(
+    release_2025(
         "advance_past_full", "bounds",
         "advance() has no limit, so seq_pos runs past max_seq_len (some releases do this).",
         edit(MEMO, """        if self.seq_pos >= self.max_seq_len:
