@@ -185,7 +185,7 @@ MUTANTS = (
         "/ np.float32(math.sqrt(head_dim))",
         "/ np.float32(head_dim)",
         (DECODE, RESET),
-        says=("divide by sqrt(head_dim)",),
+        says=("divides by sqrt(head_dim)",),
     ),
     Mutant(
         "keys and values swapped when cached",
@@ -291,10 +291,10 @@ MUTANTS = (
         (GEN_GREEDY, GEN_RESET), file="course2026",
     ),
     Mutant(
-        "2026 style: _cached_generate accepts a nan temperature",
+        "2026 style: _cached_generate accepts a temperature that is not finite",
         "    if not np.isfinite(temperature) or temperature < 0:\n",
         "    if temperature < 0:\n",
-        (GEN_ARGS,), only=True, file="course2026", says=("temperature is nan",),
+        (GEN_ARGS,), only=True, file="course2026", says=("temperature is inf",),  # nan fails later, in sampling
     ),
     Mutant(
         "the published release's three defects at once: closure over the loop variable, first token uncached, "

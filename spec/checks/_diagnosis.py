@@ -242,6 +242,7 @@ def diagnose(driver: Driver, config: ModelConfig, tokens: list[int]) -> str:
         found += [f for f in findings(driver, replace(PROBE, qk_scale=config.qk_scale), PROBE_TOKENS) if f not in found]
     if not found:
         return ""
-    if len(found) == 1:
-        return found[0][0].upper() + found[0][1:] + "."
-    return f"{len(found)} causes found: " + " ".join(f"({i}) {f}." for i, f in enumerate(found, start=1))
+    ended = [f if f.endswith(("?", ".")) else f + "." for f in found]
+    if len(ended) == 1:
+        return ended[0]
+    return f"{len(ended)} causes found: " + " ".join(f"({i}) {f}" for i, f in enumerate(ended, start=1))

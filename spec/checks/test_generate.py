@@ -77,9 +77,12 @@ def test_cached_generate_resets_first_and_leaves_seq_pos(driver: Driver, case: G
     want = len(case.prompt) + case.new_tokens - 1
     seq_pos = cache.seq_pos
     if seq_pos != want:
-        raise s.fail("KV-GEN-2", want, seq_pos,
-                     hint=f"after a prompt of {len(case.prompt)} and {case.new_tokens} new token(s), every prompt token and "
-                          "every new token but the last was fed and advanced: seq_pos = len(prompt) + max_new_tokens - 1")
+        hint = (f"after a prompt of {len(case.prompt)} and {case.new_tokens} new token(s), every prompt token and every "
+                "new token but the last was fed and advanced: seq_pos = len(prompt) + max_new_tokens - 1")
+        if seq_pos == want + len(other):
+            hint = (f"seq_pos went on from the {len(other)} token(s) the cache held before: {GENERATE} must call "
+                    "cache.reset() before feeding the prompt; " + hint)
+        raise s.fail("KV-GEN-2", want, seq_pos, hint=hint)
 
 
 def bad_arguments(prompt: list[int], room: int) -> list[tuple[str, list[int], object, object]]:
