@@ -28,8 +28,10 @@ if str(ROOT) not in sys.path:
 from spec.results import Verdict, load_verdicts  # noqa: E402
 from tests.zoo import course2026  # noqa: E402
 
-CHECK_FILES = ("spec/checks/test_model.py", "spec/checks/test_noninvasive.py", "spec/checks/test_memoization.py",
-               "spec/checks/test_generate.py")
+CHECK_FILES = ("spec/checks/test_model.py", "spec/checks/test_noninvasive.py", "spec/checks/test_memoization.py")
+# Run only for the mutants that exercise _cached_generate (directories named g<i>), to keep
+# this test's cost down: the other mutants leave it as the reference has it.
+GENERATE_FILE = "spec/checks/test_generate.py"
 MEMOIZATION = (ROOT / "reference" / "memoization.py").read_text()
 KV_CACHE = (ROOT / "reference" / "kv_cache.py").read_text()
 COURSE_2026 = course2026.module("from reference.tensor import Tensor")
@@ -400,7 +402,8 @@ def lay_out(mutant: Mutant, directory: Path) -> Path:
 
 
 def pytest_args(submission: Path, results: Path) -> list[str]:
-    return [*CHECK_FILES, f"--kvspec-submission={submission}", "--kvspec-profile=quick", "-p", "no:xdist",
+    files = CHECK_FILES + ((GENERATE_FILE,) if submission.name.startswith("g") else ())
+    return [*files, f"--kvspec-submission={submission}", "--kvspec-profile=quick", "-p", "no:xdist",
             "-p", "no:cacheprovider", f"--kvspec-results={results}", "-q", "--tb=no"]
 
 
@@ -419,7 +422,7 @@ def run_in_this_process(jobs: list[tuple[Path, Path]]) -> None:
 
 def run_all(mutants: tuple[Mutant, ...], tmp: Path, workers: int = 2) -> dict[str, dict[str, Verdict]]:
     """Run the three check files against every mutant, in `workers` subprocesses; verdicts by mutant, then check."""
-    jobs = [(lay_out(m, tmp / f"m{i}"), tmp / f"m{i}.json") for i, m in enumerate(mutants)]
+    jobs = [(lay_out(m, tmp / f"{'g' if runs_generate(m) else 'm'}{i}"), tmp / f"m{i}.json") for i, m in enumerate(mutants)]
     env = {k: v for k, v in os.environ.items() if not k.startswith(("KVSPEC_", "PYTEST_", "HYPOTHESIS"))}
     procs = []
     for w in range(workers):
@@ -427,7 +430,7 @@ def run_all(mutants: tuple[Mutant, ...], tmp: Path, workers: int = 2) -> dict[st
         log = (tmp / f"worker{w}.log").open("w")
         procs.append((subprocess.Popen([sys.executable, __file__, *argv], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT), log))
     for proc, log in procs:
-        proc.wait(timeout=600)
+        proc.wait(timeout=1200)  # a loaded 2-core machine: minutes, not seconds
         log.close()
     out: dict[str, dict[str, Verdict]] = {}
     for mutant, (_, results) in zip(mutants, jobs):
@@ -437,9 +440,13 @@ def run_all(mutants: tuple[Mutant, ...], tmp: Path, workers: int = 2) -> dict[st
     return out
 
 
+def runs_generate(mutant: Mutant) -> bool:
+    return mutant.file == "course2026" or not mutant.old
+
+
 def problems_with(mutant: Mutant, verdicts: dict[str, Verdict], must_pass: bool) -> list[str]:
     failed = {name for name, v in verdicts.items() if not v.passed}
-    if len(verdicts) < 18:
+    if len(verdicts) < (18 if runs_generate(mutant) else 15):
         return [f"{mutant.name}: only {len(verdicts)} verdicts"]
     if must_pass:
         return [f"{mutant.name} must pass every check; failed: {sorted(failed)}\n" + verdicts[n].message for n in sorted(failed)][:1]
