@@ -257,3 +257,16 @@ def test_the_strongest_mode_is_chosen_and_process_carries_a_warning() -> None:
     assert wall.warning("sandbox") is None and wall.warning("user") is None
     if os.environ.get("CI"):
         assert wall.strongest() == "sandbox", wall.unavailable("sandbox")
+
+
+@pytest.mark.parametrize("mode", ("process",) + WALLED)
+def test_a_wall_is_gone_when_kill_all_returns(tmp_path: Path, walls: list[wall.Wall], mode: str) -> None:
+    """kill_all returns only once every process below the launcher is dead: the grader's
+    sweep right after it must find nothing of the wall's own (it once counted the sandbox's
+    fork server, still dying of --die-with-parent, as the reference's leftover process)."""
+    w = build(walls, find_target(None), mode, tmp_path / "private")
+    assert w.proc is not None
+    tree = [w.proc.pid] + procfs.descendants(w.proc.pid)  # sandbox: bwrap, then the fork server
+    assert len(tree) == (2 if mode == "sandbox" else 1), tree
+    w.kill_all()
+    assert [pid for pid in tree if procfs.is_alive(pid)] == []

@@ -117,6 +117,16 @@ def descendants(root: int | None = None) -> list[int]:
     return found
 
 
+def is_alive(pid: int) -> bool:
+    """Whether `pid` is a live process (not a zombie, not gone)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            fields = f.read().rpartition(b")")[2].split()
+    except OSError:
+        return False
+    return bool(fields) and fields[0] not in (b"Z", b"X")
+
+
 def reap() -> None:
     """Collect the exit status of every child of this process that has ended."""
     while True:

@@ -174,9 +174,18 @@ class Wall:
         of the wall's uid were found (user mode), else 0. Idempotent."""
         found = 0
         if self.proc is not None:
+            # Everything below the launcher: in sandbox mode bwrap's child (the namespace's
+            # pid 1, in a session of its own) would die of --die-with-parent only after bwrap,
+            # a moment too late for the grader's sweep, which then counted it as a leftover.
+            below = procfs.descendants(self.proc.pid)
             if self.mode == "process":  # its workers left its session: kill theirs too
                 for child in procfs.children(self.proc.pid):
                     procfs.kill_session(child)
+            for pid in below:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except (ProcessLookupError, PermissionError):
+                    pass
             try:
                 os.killpg(self.proc.pid, signal.SIGKILL)
             except (ProcessLookupError, PermissionError):
@@ -186,6 +195,7 @@ class Wall:
             except subprocess.TimeoutExpired:
                 pass
             self.proc = None
+            _wait_gone(below, timeout=5.0)
         if self.lease is not None:
             found = sandbox.sweep_uid(self.lease.uid)
             self.lease.release()
@@ -195,6 +205,16 @@ class Wall:
         self.scratch = []
         self.socket_path = None
         return found
+
+
+def _wait_gone(pids: list[int], timeout: float) -> None:
+    """Wait until none of `pids` is alive (reaping those re-parented to this process)."""
+    end = time.monotonic() + timeout
+    alive = [p for p in pids if procfs.is_alive(p)]
+    while alive and time.monotonic() < end:
+        time.sleep(0.01)
+        procfs.reap()
+        alive = [p for p in alive if procfs.is_alive(p)]
 
 
 def _wait_ready(fd: int, timeout: float) -> bool:
