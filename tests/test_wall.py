@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import subprocess
 import sys
 import textwrap
 import time
@@ -270,3 +271,20 @@ def test_a_wall_is_gone_when_kill_all_returns(tmp_path: Path, walls: list[wall.W
     assert len(tree) == (2 if mode == "sandbox" else 1), tree
     w.kill_all()
     assert [pid for pid in tree if procfs.is_alive(pid)] == []
+
+
+def test_uid_leases_hold_across_graders_with_other_temp_dirs(tmp_path: Path) -> None:
+    """Two graders on one machine never lease the same uid, whatever their TMPDIR: with the
+    lock files under each one's temp dir, a batch run with its own TMPDIR leased the uid a
+    concurrent wall held, and each sweep killed the other's workers (a CI failure)."""
+    require("user")
+    from spec.isolation import sandbox
+
+    held = sandbox.UidLease()
+    try:
+        code = "from spec.isolation import sandbox; print(sandbox.UidLease().uid)"
+        env = dict(os.environ, TMPDIR=str(tmp_path))
+        other = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+        assert int(other.stdout) != held.uid
+    finally:
+        held.release()

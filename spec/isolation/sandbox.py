@@ -11,9 +11,9 @@ import fcntl
 import os
 import shutil
 import site
+import stat
 import subprocess
 import sys
-import tempfile
 from functools import lru_cache
 from pathlib import Path
 
@@ -23,7 +23,10 @@ from spec.isolation.workers import worker_env
 SANDBOX_UID = 65534  # the uid inside the sandbox's user namespace: nobody
 USER_UID_BASE = 64_100  # user mode: the first of 100 dedicated uids, one per wall alive at a time
 USER_UIDS = 100
-USER_LOCKS = Path(tempfile.gettempdir()) / "kvspec-wall-uids"
+# One place for every grader on the machine, whatever its TMPDIR: two graders that looked in
+# different temp dirs leased the same uid, and each one's sweep killed the other's workers.
+# /run: only root (the only user that can run this mode) can write there.
+USER_LOCKS = Path("/run/kvspec-wall-uids")
 SYSTEM_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
 SYSTEM_FILES = ("/etc/ld.so.cache", "/etc/localtime")
 
@@ -143,6 +146,9 @@ class UidLease:
 
     def __init__(self) -> None:
         USER_LOCKS.mkdir(mode=0o700, exist_ok=True)
+        info = os.lstat(USER_LOCKS)
+        if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid():
+            raise OSError(f"{USER_LOCKS} is not a directory of this user's; the uid leases cannot be trusted")
         for uid in range(USER_UID_BASE, USER_UID_BASE + USER_UIDS):
             fd = os.open(USER_LOCKS / str(uid), os.O_RDWR | os.O_CREAT, 0o600)
             try:
