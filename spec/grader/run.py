@@ -58,6 +58,8 @@ COLLECT_LIMIT = 120.0
 MAX_MANIFEST = 8 << 20  # bytes: the check list is about 20 KB
 MAX_STREAM = 64 << 20  # bytes of verdict lines kept from one run (a verdict's message is capped at 20 KB)
 SWEEP_LIMIT = 20.0  # seconds spent freezing and killing leftovers after one phase
+SWEEP_QUIET_SCANS = 5  # the tree must look empty this many times in a row ...
+SWEEP_QUIET_SECONDS = 0.05  # ... over at least this long before a sweep believes it
 PR_SET_DUMPABLE = 4
 _subreaper = False  # set by become_subreaper(): only the grader's CLI process kills leftovers
 ROOT = str(Path(__file__).resolve().parents[2])  # the directory holding the grader's `spec` and `reference`
@@ -294,14 +296,20 @@ def sweep(limit: float = SWEEP_LIMIT) -> int:
     """Kill every process left in this process's tree (with the subreaper flag, every
     descendant of every run, however it daemonised): freeze them all with SIGSTOP, rescan
     until no new one appears (a chain that forks as it dies cannot outrun that), SIGKILL
-    the frozen, reap; repeat until none is left or `limit` seconds have passed. Only for
-    the grader's own CLI process, between runs, when no process of its own is running.
-    Returns how many processes were killed. (The isolation modes that confine a
-    submission to a namespace or a uid extend this with their own sweep.)"""
+    the frozen and their process groups, reap; repeat until the tree has looked empty
+    `SWEEP_QUIET_SCANS` times in a row over at least `SWEEP_QUIET_SECONDS` (one empty scan
+    proves little: a /proc scan is not atomic, and a chain whose every generation lives a
+    few milliseconds can be between the directory listing and the read of its stat file
+    each time), or until `limit` seconds have passed. Only for the grader's own CLI
+    process, between runs, when no process of its own is running. Returns how many
+    processes were killed. (The isolation modes that confine a submission to a namespace
+    or a uid extend this with their own sweep.)"""
     if not _subreaper:
         return 0
     killed: set[int] = set()
+    own_group = os.getpgrp()
     deadline = time.monotonic() + limit
+    quiet_scans, quiet_since = 0, time.monotonic()
     while time.monotonic() < deadline:
         procfs.reap()
         frozen: set[int] = set()
@@ -316,22 +324,28 @@ def sweep(limit: float = SWEEP_LIMIT) -> int:
                     pass
                 frozen.add(pid)
         if not frozen:
-            break
+            quiet_scans += 1
+            if quiet_scans >= SWEEP_QUIET_SCANS and time.monotonic() - quiet_since >= SWEEP_QUIET_SECONDS:
+                break
+            time.sleep(0.005)
+            continue
         for pid in frozen:
+            group = procfs.process_group(pid)
+            if group is not None and group not in (own_group, 0):
+                try:
+                    os.killpg(group, signal.SIGKILL)  # atomic against a fork in the same group
+                except (ProcessLookupError, PermissionError):
+                    pass
             try:
                 os.kill(pid, signal.SIGKILL)
             except (ProcessLookupError, PermissionError):
                 pass
         killed |= frozen
+        quiet_scans, quiet_since = 0, time.monotonic()
         time.sleep(0.01)
         procfs.reap()
     procfs.reap()
     return len(killed)
-
-
-def kill_descendants() -> int:
-    """Kept for callers of the old name: `sweep()`."""
-    return sweep()
 
 
 def _kill_group(proc: "subprocess.Popen[bytes]") -> None:

@@ -117,6 +117,14 @@ def descendants(root: int | None = None) -> list[int]:
     return found
 
 
+def process_group(pid: int) -> int | None:
+    """The process group of `pid`, or None if it is gone."""
+    try:
+        return os.getpgid(pid)
+    except OSError:
+        return None
+
+
 def is_alive(pid: int) -> bool:
     """Whether `pid` is a live process (not a zombie, not gone)."""
     try:
