@@ -34,7 +34,8 @@ GROUPS = (
 # `_cached_generate`): when it does not, their checks are not applicable and their points
 # are spread over the other scored groups, in proportion to those groups' points.
 OPTIONAL_GROUPS = ("generate",)
-# A check of an optional group that does not apply skips with a reason starting with this.
+# A check that does not apply (an optional group's, or KV-MOD-8 for a cache without a
+# generation() scope) skips with a reason starting with this; it is not scored.
 NOT_APPLICABLE = "kvspec-not-applicable"
 
 

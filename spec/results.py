@@ -38,7 +38,7 @@ class Verdict:
     duration: float
     fault: str = ""  # a GraderFault's detail: the grader failed before the submission's code ran; not scored
     blocked_by: str = ""  # not measured: the clause whose failure stood in the way (no credit)
-    applicable: bool = True  # False: an optional group's check that does not apply (not scored, costs nothing)
+    applicable: bool = True  # False: a check that does not apply to this submission (not scored, costs nothing)
 
 
 def explain(exc: BaseException, clauses: list[str]) -> str:

@@ -122,6 +122,11 @@ def test_buggy_submission_below_fail_under_exits_1(buggy_runs: dict[str, Any]) -
     assert 0 < data["score"] < 100
     failed = {t["tags"][-1] for t in data["tests"] if t["status"] == "failed"}
     assert {"get", "reset"} <= failed
+    # KV-MOD-8 measures nothing for a cache without generation(): not scored, its points stay in its group
+    assert not any(t["name"].endswith("_outside_the_generation_scope_is_original_and_leaves_cache") for t in data["tests"])
+    assert "(KV-MOD-8) does not apply (the cache has no generation() scope" in data["output"]
+    model = [t for t in data["tests"] if t["tags"][-1] == "model"]
+    assert sum(t["max_score"] for t in model) == pytest.approx(10.31, abs=0.02)
     report = (out / "report.md").read_text()
     assert "Minimal example (paste it into a file, or into `python -`, in your submission's directory):" in report
     assert "```python\n# ---- kvspec minimal example ----\nimport numpy as np\n" in report

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any, Callable
 
 import numpy as np
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -35,7 +36,7 @@ from spec.checks._model import (
 )
 from reference.gpt import GPT, MultiHeadAttention
 from spec.checks._evidence import current, measuring
-from spec.clauses import checks
+from spec.clauses import NOT_APPLICABLE, checks
 from spec.isolation.driver import Driver, FloatArray, ModelConfig
 from spec.session import CacheRef, ModelRef, Session
 from spec.strategies import model_configs
@@ -257,8 +258,8 @@ def test_forward_outside_the_generation_scope_is_original_and_leaves_cache(drive
     expected = model.forward_recorded(tokens_array(probe), start_pos=case.start_pos)
     s.record("expected = logits.data  # the same forward before enable_kv_cache")
     cache = model.enable()
-    if not cache.scoped:
-        return  # no generation() scope: every single-token forward may use the cache (2025, module 17)
+    if not cache.scoped:  # every single-token forward may use the cache (2025, module 17): nothing to measure
+        pytest.skip(f"{NOT_APPLICABLE}: the cache has no generation() scope, so a forward outside one may use the cache")
     decode(s, model, cache, case.config, case.decoded, None, "KV-MOD-8")
     seq_pos = cache.seq_pos
     before = [cache.get(layer) for layer in range(case.config.num_layers)]

@@ -62,7 +62,7 @@ class Score:
                 self.other_failures += 1
             return
         if report.skipped and NOT_APPLICABLE in report.longreprtext:
-            self.checks.pop(report.nodeid, None)  # an optional group's check that does not apply: not scored
+            self.checks.pop(report.nodeid, None)  # a check that does not apply: not scored
             self.passed.pop(report.nodeid, None)
             return
         if report.nodeid not in self.checks:

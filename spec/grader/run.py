@@ -591,14 +591,12 @@ def run_suite(target: Target, checks: list[Check], options: Options) -> RunResul
         if phase.output.strip():
             outputs.append(phase.output)
     outcomes = []
+    not_applicable: dict[str, list[tuple[Check, str]]] = {}
     for check in checks:
         v = verdicts.get(check.nodeid)
-        if v is not None and not v.applicable:  # an optional group's check that does not apply: not scored
+        if v is not None and not v.applicable:  # a check that does not apply to this submission: not scored
             why = v.message.split(NOT_APPLICABLE + ": ")[-1].strip().rstrip("')\"")[:200]
-            note = (f"Group {check.group!r} does not apply ({why}): "
-                    "its points are spread over the other groups.")
-            if note not in notes:
-                notes.append(note)
+            not_applicable.setdefault(check.group, []).append((check, why))
             continue
         if v is not None:
             outcomes.append(Outcome(check, bool(v.passed), str(v.message), float(v.duration)))
@@ -616,4 +614,12 @@ def run_suite(target: Target, checks: list[Check], options: Options) -> RunResul
             why = "no verdict: the process running this check died" + (f" ({line})" if line else "")
         outcomes.append(Outcome(check, False, f"[{cited}] {why}", 0.0))
     timed_out = any(phase.timed_out for _, phase, _ in phases)
+    scored_groups = {o.check.group for o in outcomes}
+    for group, dropped in not_applicable.items():
+        if group in scored_groups:  # the group's other checks share its points
+            for check, why in dropped:
+                notes.append(f"{check.name} ({', '.join(check.clauses)}) does not apply ({why}): "
+                             f"its points are shared by the other checks of group {group!r}.")
+        else:
+            notes.append(f"Group {group!r} does not apply ({dropped[0][1]}): its points are spread over the other groups.")
     return RunResult(outcomes, notes, "\n".join(outputs), time.monotonic() - start, phases[-1][1].returncode if phases else None, timed_out)
