@@ -201,6 +201,35 @@ class Session:
         self._names[(kind, handle)] = name
         return name
 
+    def capacity_refusal(self, config: ModelConfig, upto: int) -> str | None:
+        """Does a fresh KVCache sized to `config`'s model refuse, with ValueError, an update
+        (of every layer) or an advance at some position <= `upto` (< max_seq_len), where the
+        spec says it must accept them? The clause it breaks (KV-BND-3 for update, KV-BND-4
+        for advance), or None. Not recorded: a probe of the grader's, not part of the example."""
+        if not 0 <= upto < config.max_seq_len:
+            return None
+        d, heads = self.driver, config.num_heads
+        head_dim = config.embed_dim // heads
+        shape = (1, heads, 1, head_dim)
+        try:
+            cache = d.new_cache(1, config.max_seq_len, config.num_layers, heads, head_dim)
+        except (SubmissionRaised, SubmissionCrashed, SubmissionUnavailable):
+            return None
+        ones = np.ones(shape)
+        for pos in range(upto + 1):
+            for layer in range(config.num_layers + 1):  # every layer's update, then the advance
+                owner = "KV-BND-3" if layer < config.num_layers else "KV-BND-4"
+                try:
+                    if layer < config.num_layers:
+                        d.update(cache, layer, ones, ones)
+                    else:
+                        d.advance(cache)
+                except SubmissionRaised as exc:
+                    return owner if exc.is_a("ValueError") else None
+                except (SubmissionCrashed, SubmissionUnavailable):
+                    return None
+        return None
+
     # -- failing -----------------------------------------------------------------------
     def fail(self, clause: str, expected: object, got: object, call: str | None = None, hint: str = "",
              show: str | None = None) -> SpecFailure:
@@ -280,7 +309,7 @@ class Session:
             self.record(f"del {name}.{attr}")
         for attr, value in (override or {}).items():
             self.record(f"{name}.{attr} = {value!r}")
-        return ModelRef(self, handle, name)
+        return ModelRef(self, handle, name, config)
 
 
 @dataclass
@@ -362,6 +391,7 @@ class ModelRef:
     s: Session
     handle: ModelId
     name: str
+    config: ModelConfig | None = None
 
     def forward(self, tokens: IntArray, start_pos: int = 0) -> FloatArray:
         self.s.query(f"logits = {self.name}.forward(Tensor(np.array({np.asarray(tokens).tolist()})), start_pos={start_pos})")
@@ -377,24 +407,46 @@ class ModelRef:
     def step(self, cache: CacheRef, tokens: IntArray, start_pos: int) -> FloatArray:
         """One decode step of the protocol, recorded: a forward inside `with cache.generation():`
         when the cache offers that scope, a plain forward otherwise."""
-        if not cache.scoped:
-            return self.forward_recorded(tokens, start_pos)
-        self.s.record(f"with {cache.name}.generation():\n    logits = {self.name}.forward("
-                      f"Tensor(np.array({np.asarray(tokens).tolist()})), start_pos={start_pos})")
-        return self.s.call(lambda: self.s.driver.forward_in_generation(self.handle, cache.handle, tokens, start_pos))
+        with self.refusals(start_pos):
+            if not cache.scoped:
+                return self.forward_recorded(tokens, start_pos)
+            self.s.record(f"with {cache.name}.generation():\n    logits = {self.name}.forward("
+                          f"Tensor(np.array({np.asarray(tokens).tolist()})), start_pos={start_pos})")
+            return self.s.call(lambda: self.s.driver.forward_in_generation(self.handle, cache.handle, tokens, start_pos))
+
+    @contextmanager
+    def refusals(self, start_pos: int) -> Iterator[None]:
+        """A ValueError from a cached forward at `start_pos` (< max_seq_len) becomes Refused
+        when a fresh KVCache sized to this model, driven through its own API, refuses an
+        update or advance at or before that position too: the capacity check fires early
+        (KV-BND-3/4, the bounds group's failure), and the model checks go around it
+        (spec.checks._evidence.tolerant) instead of failing for it. A ValueError the fresh
+        cache does not reproduce is the cached step's own and stays the failure."""
+        try:
+            yield
+        except SubmissionRaised as exc:
+            if not exc.is_a("ValueError") or isinstance(exc, Refused) or self.config is None:
+                raise
+            owner = self.s.capacity_refusal(self.config, start_pos)
+            if owner is None:
+                raise
+            refused = Refused(exc, owner)
+            refused.kvspec_script = getattr(exc, "kvspec_script", "")  # type: ignore[attr-defined]
+            raise refused from None
 
     def forward_in_scope(self, cache: CacheRef, tokens: IntArray, start_pos: int = 0, recorded: bool = False) -> FloatArray:
         """A forward inside the cache's generation scope if it has one; kept in the script if
         `recorded`, else only if it is the failing call."""
-        if not cache.scoped:
-            return self.forward_recorded(tokens, start_pos) if recorded else self.forward(tokens, start_pos)
-        line = (f"with {cache.name}.generation():\n    logits = {self.name}.forward("
-                f"Tensor(np.array({np.asarray(tokens).tolist()})), start_pos={start_pos})")
-        self.s.query(line)
-        logits = self.s.call(lambda: self.s.driver.forward_in_generation(self.handle, cache.handle, tokens, start_pos))
-        if recorded:
-            self.s.record(line)
-        return logits
+        with self.refusals(start_pos):
+            if not cache.scoped:
+                return self.forward_recorded(tokens, start_pos) if recorded else self.forward(tokens, start_pos)
+            line = (f"with {cache.name}.generation():\n    logits = {self.name}.forward("
+                    f"Tensor(np.array({np.asarray(tokens).tolist()})), start_pos={start_pos})")
+            self.s.query(line)
+            logits = self.s.call(lambda: self.s.driver.forward_in_generation(self.handle, cache.handle, tokens, start_pos))
+            if recorded:
+                self.s.record(line)
+            return logits
 
     def generate(self, cache: CacheRef, prompt: object, max_new_tokens: object, temperature: object) -> list[int]:
         """`_cached_generate(model, prompt, max_new_tokens, temperature, cache)`."""

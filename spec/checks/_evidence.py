@@ -87,3 +87,19 @@ def tolerant(example: Callable[P, None]) -> Callable[P, None]:
                 f"a call below max_seq_len raised {exc.type_name}: {exc.message}", getattr(exc, "kvspec_script", "")))
 
     return run
+
+
+def counted(example: Callable[P, None]) -> Callable[P, None]:
+    """Decorate an example function (under @tolerant) that measures its clause whenever it
+    runs to its end: each example that returns counts once. For the model-level checks,
+    whose every example compares logits, tokens or counts; with @tolerant an example cut
+    short by a capacity check firing early measures nothing, so a cache that refuses every
+    decode earns nothing (rule 4) while one that refuses only the last position is judged
+    on the examples that fit below it (rule 5)."""
+
+    @functools.wraps(example)
+    def run(*args: P.args, **kwargs: P.kwargs) -> None:
+        example(*args, **kwargs)
+        current().saw()
+
+    return run

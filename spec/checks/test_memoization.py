@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 from hypothesis import given
 
+from spec.checks._evidence import counted, measuring, tolerant
 from spec.checks._model import DecodeCase, Expected, close, decode_cases, grader_side, tokens_array
 from spec.clauses import checks
 from spec.isolation.driver import Driver, ModelState, SubmissionCrashed, SubmissionRaised
@@ -97,7 +98,10 @@ def count_hint(layer: int, proj: str, per_step: list[int]) -> str:
 
 
 @checks("KV-MEMO-1")
+@measuring("KV-MEMO-1", "KV-BND-3")
 @given(case=decode_cases())
+@tolerant
+@counted
 def test_keys_and_values_are_projected_once_per_token(driver: Driver, case: DecodeCase) -> None:
     s = Session(driver)
     counted = decode_counting(s, case)
@@ -122,7 +126,10 @@ def test_keys_and_values_are_projected_once_per_token(driver: Driver, case: Deco
 
 
 @checks("KV-MEMO-2")
+@measuring("KV-MEMO-2", "KV-BND-3")
 @given(case=decode_cases())
+@tolerant
+@counted
 def test_each_step_projects_the_query_of_the_new_token_only(driver: Driver, case: DecodeCase) -> None:
     s = Session(driver)
     counted = decode_counting(s, case)

@@ -13,6 +13,7 @@ import numpy as np
 from hypothesis import given
 from hypothesis import strategies as st
 
+from spec.checks._evidence import counted, measuring, tolerant
 from spec.checks._model import decode, token_lists, tokens_array, uncached_rows, well_conditioned
 from spec.clauses import checks
 from spec.isolation.driver import Driver, FloatArray, ModelConfig, SubmissionCrashed, SubmissionRaised
@@ -63,7 +64,10 @@ def expect_same_outputs(s: Session, model: ModelRef, probe_set: list[Probe], bef
 
 
 @checks("KV-NI-1")
+@measuring("KV-NI-1", "KV-BND-3")
 @given(case=probe_cases())
+@tolerant
+@counted
 def test_enable_and_cached_decoding_change_no_weight(driver: Driver, case: ProbeCase) -> None:
     s = Session(driver)
     model = s.new_model(case.config)
@@ -84,7 +88,10 @@ def test_enable_and_cached_decoding_change_no_weight(driver: Driver, case: Probe
 
 
 @checks("KV-NI-2")
+@measuring("KV-NI-2", "KV-BND-3")
 @given(case=probe_cases())
+@tolerant
+@counted
 def test_disable_restores_bit_identical_outputs(driver: Driver, case: ProbeCase) -> None:
     s = Session(driver)
     model = s.new_model(case.config)
@@ -116,7 +123,10 @@ def test_disable_on_a_never_enabled_model_is_a_no_op(driver: Driver, case: Probe
 
 
 @checks("KV-NI-4")
+@measuring("KV-NI-4", "KV-BND-3")
 @given(case=probe_cases(conditioned=True))
+@tolerant
+@counted
 def test_enabling_twice_is_harmless(driver: Driver, case: ProbeCase) -> None:
     s = Session(driver)
     model = s.new_model(case.config)
@@ -141,7 +151,7 @@ def test_enabling_twice_is_harmless(driver: Driver, case: ProbeCase) -> None:
                             "second enable must replace the first patch (or unwrap it), not wrap it. ")
         return where
 
-    decode(s, model, second, case.config, case.tokens, full, "KV-NI-4", context=context)
+    decode(s, model, second, case.config, case.tokens[: case.decoded], full, "KV-NI-4", context=context)
     model.disable()
     expect_same_outputs(s, model, probe_set, before, "KV-NI-4",
                         "one disable_kv_cache after enabling twice must restore the original attention: did the second "

@@ -573,10 +573,10 @@ VARIANTS: list[Variant] = [
     bug(
         "full_check_one_early", "bounds",
         "The capacity check fires one position early (seq_pos >= max_seq_len - 1): the last position "
-        "can never be written. Once cost 71 points across 13 groups; it is one defect, bounds' (KV-BND-3).",
+        "can never be written. Once cost 71 points across 13 groups, then 20 in four (the model-level checks "
+        "failed their full-length decodes); it is one defect, bounds' (KV-BND-3), and costs only bounds' points.",
         edit(MEMO, "        if self.seq_pos >= self.max_seq_len:\n            raise ValueError(f\"Sequence position",
              "        if self.seq_pos >= self.max_seq_len - 1:\n            raise ValueError(f\"Sequence position"),
-        collateral="model non-invasive memoization",
-        collateral_why="a model with the cache enabled cannot decode max_seq_len tokens, which these groups' checks do",
+        collateral="",
     ),
 ]
