@@ -83,6 +83,8 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
         (["--rubric", "missing.toml"], "cannot read rubric 'missing.toml'"),
         (["--rubric", "bad-check.toml"], "unknown check 'test_no_such_check'"),
         (["empty", "--module", "tinytorch.perf.memoization"], "module 'tinytorch.perf.memoization' not found"),
+        (["--groups", "get,gets"], "--groups takes groups of the spec, comma-separated (construction, update"),
+        (["--groups", ","], "--groups takes groups of the spec"),
     ],
 )
 def test_usage_errors_exit_2_with_one_line(workdir: Path, args: list[str], fragment: str) -> None:
@@ -131,6 +133,17 @@ def test_buggy_submission_below_fail_under_exits_1(buggy_runs: dict[str, Any]) -
     assert "Minimal example (paste it into a file, or into `python -`, in your submission's directory):" in report
     assert "```python\n# ---- kvspec minimal example ----\nimport numpy as np\n" in report
     assert "from tinytorch.perf.memoization import KVCache" in report
+
+
+def test_groups_grades_only_the_groups_asked_for(tmp_path: Path) -> None:
+    """--groups get,memory: the import check and those two groups run; the score is out of their points."""
+    proc = grade(BUGGY, "--profile", "quick", "--isolation", "none", "--groups", "get,memory", "--out", "out", cwd=tmp_path)
+    data = results(tmp_path / "out")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert {t["tags"][-1] for t in data["tests"]} == {"import", "get", "memory"}
+    assert sum(t["max_score"] for t in data["tests"]) == pytest.approx(18)
+    assert data["score"] == pytest.approx(8)  # memory's 8; get fails (the buggy submission's get bug)
+    assert "only get, memory (--groups)" in (tmp_path / "out" / "report.md").read_text()
 
 
 def test_at_or_above_fail_under_exits_0(buggy_runs: dict[str, Any]) -> None:

@@ -14,10 +14,12 @@ import argparse
 import json
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import NoReturn, Sequence
 
 from spec import profiles
+from spec.clauses import GROUPS
 from spec.discovery import Target
 from spec.grader import batch, forms, reports
 from spec.grader.grade import Grade, failed_run, score
@@ -61,6 +63,9 @@ def parser() -> argparse.ArgumentParser:
                    help="sandbox: bubblewrap namespaces; user: a dedicated unprivileged uid (grader as root); process: worker processes "
                         "of the grader's user, not protected against hostile code; none: in the test process, trusted code only "
                         "(default: the strongest this machine offers; docs/threat-model.md)")
+    p.add_argument("--groups", metavar="G1,G2",
+                   help="grade only these groups of checks (comma-separated, e.g. get,reset): a quicker answer while you work "
+                        "on one part; the score is out of their points only, and the rubric's name says so")
     p.add_argument("--time-limit", metavar="SECONDS", type=float,
                    help="wall-clock limit of one submission's run (default: " + ", ".join(f"{k} {v:.0f}" for k, v in TIME_LIMITS.items()) + ")")
     p.add_argument("--quiet", action="store_true", help="print only the score line per submission")
@@ -91,6 +96,12 @@ def _args(argv: Sequence[str]) -> argparse.Namespace:
         if not Path(args.tensor_file).is_file() or not args.tensor_file.endswith(".py"):
             raise UsageError(f"--tensor-file takes a Python file holding the course's Tensor class, got {args.tensor_file!r}")
         args.tensor_file = str(Path(args.tensor_file).resolve())
+    if args.groups is not None:
+        args.groups = tuple(dict.fromkeys(g.strip() for g in args.groups.split(",") if g.strip()))
+        unknown = [g for g in args.groups if g not in GROUPS or g == "import"]
+        if unknown or not args.groups:
+            raise UsageError(f"--groups takes groups of the spec, comma-separated ({', '.join(g for g in GROUPS if g != 'import')}), "
+                             f"not {','.join(unknown) or repr('')!s}")
     if args.shard is not None:
         try:
             args.shard = batch.parse_shard(args.shard)
@@ -178,6 +189,16 @@ def _grade_contained(member: batch.Member, args: argparse.Namespace, checks: lis
     return batch.Finished(member.name, None, " ".join(line.split())[:1000])
 
 
+def only_groups(checks: list[Check], rubric: Rubric, groups: tuple[str, ...]) -> tuple[list[Check], Rubric]:
+    """`--groups`: the import checks and those of `groups`; the other groups' points are set to
+    0, so the score is out of the chosen groups' points and nothing else is reported as not
+    scored (an optional group among them that does not apply still spreads over the others)."""
+    keep = set(groups) | {"import"}
+    points = {g: (p if g in keep else 0) for g, p in rubric.group_points.items()}
+    name = f"{rubric.name}, only {', '.join(groups)} (--groups)"
+    return [c for c in checks if c.group in keep], replace(rubric, name=name, group_points=points)
+
+
 def _options_record(args: argparse.Namespace, options: Options, rubric: Rubric, checks: list[Check]) -> dict[str, object]:
     """What decides a score: a batch is resumed only with exactly these."""
     import hashlib
@@ -245,7 +266,8 @@ def run(argv: Sequence[str]) -> int:
         out = reports.OutDir(Path(args.out), is_batch, keep=(batch.PROGRESS_DIR,) if args.resume else ())
     except OSError as exc:
         raise UsageError(str(exc)) from None
-    options = Options(args.profile, args.seed, args.jobs, args.isolation, args.time_limit or TIME_LIMITS[args.profile])
+    options = Options(args.profile, args.seed, args.jobs, args.isolation, args.time_limit or TIME_LIMITS[args.profile],
+                      args.groups or ())
     try:
         install = check_install()
     except IntegrityError as exc:
@@ -257,6 +279,8 @@ def run(argv: Sequence[str]) -> int:
         rubric.validate_checks(checks)
     except (GraderError, RubricError) as exc:
         raise UsageError(str(exc)) from None
+    if options.groups:
+        checks, rubric = only_groups(checks, rubric, options.groups)
     progress = None
     if is_batch:
         try:

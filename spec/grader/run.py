@@ -91,6 +91,7 @@ class Options:
     jobs: int
     isolation: str
     time_limit: float
+    groups: tuple[str, ...] = ()  # --groups: only these groups' checks run (and the import checks); () for all
 
 
 @dataclass
@@ -486,6 +487,7 @@ def _run_pytest(target: Target, options: Options, group: str, select_group: bool
             f"--kvspec-grader-key-fd={key_r}",
             f"--kvspec-grader-ready-fd={ready_w}",
             f"--kvspec-grader-{'only' if select_group else 'skip'}-group={group}",
+            *([f"--kvspec-grader-groups={','.join(options.groups)}"] if options.groups and not select_group else []),
             "-p", "no:randomly",
         ] + _xdist(jobs) + walled.pytest_args() + _suite_options(walled.target, options)  # fmt: skip
         try:

@@ -52,6 +52,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--kvspec-grader-ready-fd", dest="kvspec_grader_ready_fd", default=None, type=int)
     group.addoption("--kvspec-grader-only-group", dest="kvspec_grader_only_group", default=None)
     group.addoption("--kvspec-grader-skip-group", dest="kvspec_grader_skip_group", default=None)
+    group.addoption("--kvspec-grader-groups", dest="kvspec_grader_groups", default=None)  # --groups: a,b
 
 
 def _group(item: pytest.Item) -> str | None:
@@ -60,12 +61,16 @@ def _group(item: pytest.Item) -> str | None:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Run only one group's checks, or all but one group's (in every process that collects)."""
+    """Run only one group's checks, or all but one group's, and of those only the groups of
+    --groups (in every process that collects)."""
     only = config.getoption("kvspec_grader_only_group")
     skip = config.getoption("kvspec_grader_skip_group")
-    if only is None and skip is None:
+    chosen = config.getoption("kvspec_grader_groups")
+    if only is None and skip is None and chosen is None:
         return
-    keep = [i for i in items if (only is None or _group(i) == only) and (skip is None or _group(i) != skip)]
+    among = None if chosen is None else set(str(chosen).split(","))
+    keep = [i for i in items if (only is None or _group(i) == only) and (skip is None or _group(i) != skip)
+            and (among is None or _group(i) in among)]
     dropped = [i for i in items if i not in keep]
     if dropped:
         config.hook.pytest_deselected(items=dropped)
