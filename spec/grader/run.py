@@ -195,6 +195,14 @@ def _base_command(workdir: Path) -> list[str]:
     ]  # fmt: skip
 
 
+def _xdist_workers(options: Options) -> int:
+    """xdist workers of the checks' run. One job behind a wall runs the checks in pytest's own
+    process (0: no xdist), one interpreter start fewer: the submission's code runs only in the
+    wall's workers there, as in the import phase. Without a wall (`none`) even one job gets an
+    xdist worker, so a submission that crashes its process loses only that check."""
+    return 0 if options.jobs == 1 and options.isolation != "none" else options.jobs
+
+
 def _xdist(jobs: int) -> list[str]:
     """N xdist workers started with the same isolated interpreter as their controller."""
     if jobs <= 0:
@@ -584,7 +592,7 @@ def run_suite(target: Target, checks: list[Check], options: Options) -> RunResul
         loaded = any(phase.verdicts.get(c.nodeid, None) is not None and phase.verdicts[c.nodeid].passed for c in gate)
     if rest and loaded:
         limit = deadline - time.monotonic()
-        phase = _run_pytest(target, options, "import", False, options.jobs, limit)
+        phase = _run_pytest(target, options, "import", False, _xdist_workers(options), limit)
         _stop_on_fault(phase)
         phases.append((rest, phase, limit))
     for members, phase, limit in phases:
