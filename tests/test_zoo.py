@@ -5,11 +5,14 @@ into a temporary directory and graded by `python -m spec grade DIR1 DIR2 ... --p
 quick --jobs 1` in batch mode, two invocations at once. Then:
 
 - the base and every correct alternative get full marks (zero false failures);
+- the honest variants (bugs, correct designs) are graded in-process (`--isolation none`),
+  the hostile ones and their twins behind the wall (the default isolation);
 - every bug fails at least one check in each of its expected groups;
 - every hostile submission ends with exactly its twin's score (or its stated score; never
   above it for one that sabotages itself), the grader exits 0, within the time bound,
   with no forged report surviving;
-- grading a few submissions again, and with another --jobs, gives identical verdicts;
+- grading a few submissions again behind the wall, and with another --jobs, gives identical
+  verdicts (for the honest ones: in-process and behind the wall agree);
 - every bug's minimal example (of its first failing check in an expected group), pasted
   verbatim into `python -` in its directory, shows the failure (tests/zoo/replay.py).
 
@@ -79,7 +82,9 @@ def test_zoo(tmp_path_factory: pytest.TempPathFactory) -> None:
     root = tmp_path_factory.mktemp("zoo")
     verdicts, run, text = run_zoo(PROFILE, JOBS, SHARDS, workdir=root)
 
-    # Determinism: the same submissions again (same --jobs), and with another --jobs, at once.
+    # Determinism: the same submissions again (same --jobs), and with another --jobs, at once, all
+    # behind the wall: the honest ones were graded in-process the first time, so this also shows
+    # that the isolation mode does not change a verdict.
     variants = registry()
     again = materialize_all([variants[n] for n in DETERMINISM], root / "again")
     with ThreadPoolExecutor(2) as pool:
@@ -94,7 +99,7 @@ def test_zoo(tmp_path_factory: pytest.TempPathFactory) -> None:
             if g.score != first.score or g.statuses() != first.statuses():
                 changed = sorted(k for k in set(g.statuses()) | set(first.statuses()) if g.statuses().get(k) != first.statuses().get(k))
                 unstable.append(f"{n} ({label}): {first.score} -> {g.score}, checks {changed}")
-    text += "\n\nDeterminism ({0} graded again with --jobs {1}, and with --jobs {2}): {3}".format(
+    text += "\n\nDeterminism ({0} graded again behind the wall with --jobs {1}, and with --jobs {2}): {3}".format(
         ", ".join(DETERMINISM), JOBS, OTHER_JOBS, "identical" if not unstable else "; ".join(unstable))
     text += f" ({max(repeat.wall, other_jobs.wall):.0f} s more)"
     # Every bug's minimal example, pasted verbatim into `python -` in its directory, shows the failure.

@@ -146,6 +146,35 @@ def grade(dirs: dict[str, Path], out_root: Path, profile: str = "quick", jobs: i
                results[0][3] if results else "")
 
 
+# Variants whose code attacks the grader, its processes or its files: graded behind the wall
+# (the CLI's default isolation, the strongest this machine offers). The others (bugs and
+# correct designs) are honest code, and the verdicts are what the zoo tests: they are graded
+# in-process (--isolation none), twice as fast; tests/test_zoo.py grades a few of them behind
+# the wall too and requires the same verdicts.
+UNTRUSTED = ("hostile", "twin")
+TRUSTED_ISOLATION = ("--isolation", "none")
+
+
+def grade_by_trust(dirs: dict[str, Path], untrusted: set[str], out_root: Path, profile: str = "quick", jobs: int = 2,
+                   shards: int = 1, extra: Sequence[str] = ()) -> Run:
+    """`grade`, with the untrusted submissions behind the wall (one invocation beside the
+    others: their hangs cost wall time, not CPU) and the trusted ones in-process, unless
+    `extra` names an isolation mode itself."""
+    if any(a == "--isolation" or a.startswith("--isolation=") for a in extra):
+        return grade(dirs, out_root, profile, jobs, shards, extra)
+    honest = {n: d for n, d in dirs.items() if n not in untrusted}
+    hostile = {n: d for n, d in dirs.items() if n in untrusted}
+    parts = [(honest, out_root / "trusted", shards, [*extra, *TRUSTED_ISOLATION]), (hostile, out_root / "walled", 1, list(extra))]
+    parts = [p for p in parts if p[0]]
+    with ThreadPoolExecutor(max_workers=len(parts)) as pool:
+        runs = list(pool.map(lambda p: grade(p[0], p[1], profile, jobs, p[2], p[3]), parts))
+    return Run(
+        {n: g for r in runs for n, g in r.graded.items()}, [c for r in runs for c in r.exit_codes], max(r.wall for r in runs),
+        "".join(r.stdout for r in runs), "".join(r.stderr for r in runs), [d for r in runs for d in r.out_dirs],
+        " ; ".join(f"{r.command} ({len(r.graded)} submissions)" for r in runs),
+    )
+
+
 def surviving_daemons(submissions: Path, wait: float = 1.5) -> list[int]:
     """Pids of processes a submission left behind (they record themselves in .daemon-pids)
     that are still alive `wait` seconds after the grader exited. Killed here, so a fooled
@@ -312,7 +341,8 @@ def run_zoo(profile: str = "quick", jobs: int = 2, shards: int = 1, names: Seque
         variants = {n: v for n, v in variants.items() if n in wanted}
     root = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="kvspec-zoo-"))
     dirs = materialize_all(variants.values(), root / "submissions")
-    run = grade(dirs, root / "out", profile, jobs, shards, extra)
+    run = grade_by_trust(dirs, {n for n, v in variants.items() if v.kind in UNTRUSTED}, root / "out", profile, jobs,
+                         shards, extra)
     daemons = surviving_daemons(root / "submissions")
     verdicts = judge(variants, run, TIME_LIMITS[profile], daemons)
     command = f"{run.command}  ({len(dirs)} submissions, {len(run.out_dirs)} concurrent invocation(s))"
