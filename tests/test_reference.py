@@ -724,3 +724,28 @@ def test_tensor_operations() -> None:
     with pytest.raises(ValueError, match="both"):
         c.transpose(0)
     assert all(isinstance(x, Tensor) for x in (a @ b, a + 1, a[0], a.reshape(6), a.transpose()))
+
+
+def test_kv_mod_7s_explicit_example_overflows_float64_exp(monkeypatch: pytest.MonkeyPatch) -> None:
+    """spec.checks._model.OVERFLOWING must keep its purpose: some attention score above 709.8,
+    where np.exp overflows in float64, so an unshifted softmax gives nan in every precision."""
+    import reference.gpt as gpt_module
+    from spec.checks._model import OVERFLOWING
+
+    seen: list[float] = []
+    original = gpt_module.softmax
+
+    def spy(scores: Any) -> Any:
+        seen.append(float(np.max(scores)))
+        return original(scores)
+
+    monkeypatch.setattr(gpt_module, "softmax", spy)
+    c = OVERFLOWING.config
+    model = GPT(c.vocab_size, c.embed_dim, c.num_layers, c.num_heads, c.max_seq_len, seed=c.seed)
+    for block in model.blocks:
+        block.attention.q_proj.weight *= np.float32(c.qk_scale)
+        block.attention.k_proj.weight *= np.float32(c.qk_scale)
+    model.forward(Tensor(np.array([OVERFLOWING.tokens])), start_pos=0)
+    assert max(seen) > 709.8, max(seen)
+    with np.errstate(over="ignore", invalid="ignore"):
+        assert not np.isfinite(np.exp(np.float64(max(seen))))

@@ -71,6 +71,18 @@ def decode_cases(draw: st.DrawFn, min_len: int = 1, conditioned: bool = True) ->
     return DecodeCase(config, draw(token_lists(config, min_len, config.max_seq_len)))
 
 
+# KV-MOD-7's explicit example, run first in every profile and seed: on the reference GPT its
+# largest attention score is about 816, past where exp overflows in float64 (709.8), so a
+# softmax without the max subtraction gives nan whatever precision the scores are kept in (a
+# float32 array divided by np.sqrt(head_dim), a NumPy float64 scalar, is float64 in NumPy 2).
+# Drawn cases get there in fewer than one in 100: the quick profile missed that bug with 2
+# seeds of 5. tests/test_reference.py checks the score.
+OVERFLOWING = DecodeCase(
+    ModelConfig(vocab_size=10, embed_dim=8, num_layers=1, num_heads=1, max_seq_len=4, seed=248, qk_scale=SHARP_QK_SCALE),
+    [0, 0, 4, 4],
+)
+
+
 @st.composite
 def sharp_decode_cases(draw: st.DrawFn) -> DecodeCase:
     """KV-MOD-7: a well-conditioned model with attention scores x SHARP_QK_SCALE**2, 4+ tokens."""

@@ -11,11 +11,12 @@ from typing import Any, Callable
 
 import numpy as np
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from spec.checks._model import (
     ATOL,
+    OVERFLOWING,
     REQUIRED_ATTRIBUTES,
     RTOL,
     SHARP_TOLERANCE,
@@ -130,6 +131,7 @@ def greedy_cached(s: Session, model: ModelRef, cache: CacheRef, prompt: list[int
 
 @checks("KV-MOD-7")
 @measuring("KV-MOD-7", "KV-BND-3")
+@example(case=OVERFLOWING)
 @given(case=sharp_decode_cases())
 @tolerant
 @counted

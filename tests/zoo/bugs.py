@@ -12,18 +12,62 @@ RELEASE = "published course release defect"
 STUDENTS = "student error"
 
 
+# Why a bug may cost groups besides its own (docs/rubric.md, rule 5): one defect, its own
+# points, except where the other groups' clauses really depend on the broken behaviour.
+DECODES = ("memoization is credited only to a cache that decodes correctly (KV-MEMO-1/2), and KV-NI-4 decodes with "
+           "the cache a second enable returned: a wrong cached step fails both")
+READ_THROUGH_GET = ("what a cache stores is seen only through get and through cached decoding: wrong data stored fails "
+                    "every check that reads the cache (get, attention over get, the model's decoding, memoization and "
+                    "KV-NI-4, which decode; KV-PERF-1 measures an update whose write it must see land)")
+GET_IS_THE_WINDOW = ("the update checks see what update stored only through get, and attention, the model's decoding, "
+                     "memoization and KV-NI-4 read the cache through it")
+ADVANCE_STUCK = ("with seq_pos stuck at 0 every update overwrites position 0: every check that writes more than one "
+                 "position, in every group, finds the cache holding one")
+SHARED_STORAGE = ("every check that builds a second cache (a fresh one in the machines, twin caches, a second model's) "
+                  "finds the first one's data in it")
+NO_FLAG = "without the flag a second enable cannot tell the model is enabled, so it wraps the first patch (KV-NI-4)"
+
+# The groups each bug also costs, measured with `python -m tests.zoo seeds --seeds 5 --profile quick`
+# (every bug, the groups that lost points in any seed; docs/zoo.md). A bug not listed here and
+# without collateral= of its own may lose points in its expected groups only.
+MEASURED_COLLATERAL: dict[str, tuple[str, str]] = {
+    "advance_does_nothing": ("attention bounds construction get memoization model non-invasive performance reset shapes update",
+                             ADVANCE_STUCK),
+    "attends_only_to_itself": ("memoization non-invasive", DECODES),
+    "closure_over_loop_variable": ("memoization non-invasive", DECODES),
+    "current_token_not_attended": ("memoization non-invasive", DECODES),
+    "enable_head_dim_is_embed_dim": ("memoization non-invasive", DECODES),
+    "first_token_never_cached": ("memoization non-invasive", DECODES),
+    "scale_by_embed_dim": ("memoization non-invasive", DECODES),
+    "scale_by_head_dim": ("memoization non-invasive", DECODES),
+    "enable_does_not_set_flag": ("non-invasive", NO_FLAG),
+    "first_head_everywhere": ("attention get memoization model non-invasive performance", READ_THROUGH_GET),
+    "keys_values_swapped_in_update": ("attention get memoization model non-invasive performance", READ_THROUGH_GET),
+    "only_first_batch_written": ("attention get performance", READ_THROUGH_GET),
+    "update_writes_next_slot": ("attention get memoization model non-invasive", READ_THROUGH_GET),
+    "wrong_layer_written": ("attention get memoization model non-invasive", READ_THROUGH_GET),
+    "get_returns_values_first": ("attention memoization model non-invasive performance update", GET_IS_THE_WINDOW),
+    "get_returns_whole_buffer": ("attention memoization model non-invasive", GET_IS_THE_WINDOW),
+    "storage_shared_between_instances": ("advance attention bounds get memoization model non-invasive performance reset "
+                                         "shapes update", SHARED_STORAGE),
+}
+
+
 def bug(name: str, groups: str, description: str, *edits: object, origin: str = STUDENTS, collateral: str | None = None,
         **extra: object) -> Variant:
     """`groups` must lose points; `collateral` may too (say why in collateral_why), no other group may.
-    collateral=None: not measured yet, so losing points elsewhere is reported but not an error."""
+    collateral=None: the measured collateral of MEASURED_COLLATERAL, else none."""
+    if collateral is None:
+        collateral, why = MEASURED_COLLATERAL.get(name, ("", ""))
+        extra.setdefault("collateral_why", why)
     return Variant(
         name=name,
         kind="bug",
         description=description,
         edits=tuple(edits),  # type: ignore[arg-type]
         expect_fail_groups=frozenset(groups.split()),
-        collateral=frozenset((collateral or "").split()),
-        collateral_recorded=collateral is not None,
+        collateral=frozenset(collateral.split()),
+        collateral_recorded=True,
         origin=origin,
         **extra,  # type: ignore[arg-type]
     )

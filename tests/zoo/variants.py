@@ -169,6 +169,8 @@ def check_registry(variants: dict[str, Variant] | None = None) -> None:
             raise ZooError(f"{v.name}: unknown groups {sorted(unknown)}")
         if v.kind == "bug" and not v.expect_fail_groups:
             raise ZooError(f"{v.name}: a bug must name the groups that must fail")
+        if set(v.collateral) - set(GROUPS) or (v.collateral and not v.collateral_why):
+            raise ZooError(f"{v.name}: collateral must name groups of the spec, with collateral_why")
         if v.kind == "alternative" and v.expect_fail_groups:
             raise ZooError(f"{v.name}: an alternative must get full marks")
         if v.kind == "hostile" and (v.twin is None) == (v.expect_score is None):
@@ -177,3 +179,8 @@ def check_registry(variants: dict[str, Variant] | None = None) -> None:
             raise ZooError(f"{v.name}: twin {v.twin} is not a variant")
         if v.kind != "alternative" and not v.edits and not v.adds:
             raise ZooError(f"{v.name}: no edits")
+    from tests.zoo.bugs import MEASURED_COLLATERAL
+
+    stale = sorted(set(MEASURED_COLLATERAL) - {n for n, v in registry().items() if v.kind == "bug"})
+    if stale:
+        raise ZooError(f"MEASURED_COLLATERAL names bugs the zoo does not have: {stale}")
