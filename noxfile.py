@@ -13,7 +13,7 @@ PYTHON = None  # the interpreter nox runs on: CI has only one
 def tests(session: nox.Session) -> None:
     """Our own tests: reference, suite vs reference, meta-tests, the zoo (quick profile)."""
     session.install("-e", ".[dev]")
-    session.run("pytest", "-n", "auto", *session.posargs)
+    session.run("pytest", "-n", "auto", "--durations=15", *session.posargs)  # the slowest, in every CI log
 
 
 @nox.session(python=PYTHON)

@@ -196,11 +196,11 @@ def _base_command(workdir: Path) -> list[str]:
 
 
 def _xdist_workers(options: Options) -> int:
-    """xdist workers of the checks' run. One job behind a wall runs the checks in pytest's own
-    process (0: no xdist), one interpreter start fewer: the submission's code runs only in the
-    wall's workers there, as in the import phase. Without a wall (`none`) even one job gets an
-    xdist worker, so a submission that crashes its process loses only that check."""
-    return 0 if options.jobs == 1 and options.isolation != "none" else options.jobs
+    """xdist workers of the checks' run: one job runs the checks in pytest's own process (0:
+    no xdist), one interpreter start fewer per submission, as the import phase does. Behind
+    a wall the submission's code runs only in the wall's workers; without one (`none`,
+    trusted code only) it runs in the test process, as the help says, crash and all."""
+    return 0 if options.jobs == 1 else options.jobs
 
 
 def _xdist(jobs: int) -> list[str]:
