@@ -9,6 +9,7 @@ tested through the documented commands, in tests/test_docs_commands.py.
 from __future__ import annotations
 
 import json
+import shlex
 import os
 import signal
 import subprocess
@@ -144,6 +145,22 @@ def test_groups_grades_only_the_groups_asked_for(tmp_path: Path) -> None:
     assert sum(t["max_score"] for t in data["tests"]) == pytest.approx(18)
     assert data["score"] == pytest.approx(8)  # memory's 8; get fails (the buggy submission's get bug)
     assert "only get, memory (--groups)" in (tmp_path / "out" / "report.md").read_text()
+
+
+def test_a_reader_that_goes_away_stops_the_console_not_the_grading(tmp_path: Path) -> None:
+    """`python -m spec grade class/ | head -n 1`: every report is still written, exit 0, no traceback."""
+    for name in ("a", "b", "c"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "memoization.py").write_text(GOOD)
+    command = (f"{shlex.quote(sys.executable)} -m spec grade a b c --profile quick --isolation none --groups memory "
+               "--out out | head -n 1; exit ${PIPESTATUS[0]}")
+    proc = subprocess.run(["bash", "-c", command], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "Traceback" not in proc.stderr and "BrokenPipe" not in proc.stderr, proc.stderr
+    assert proc.stdout.count("\n") == 1
+    for name in ("a", "b", "c"):
+        assert results(tmp_path / "out" / name)["score"] == 8
+    assert (tmp_path / "out" / "gradebook.csv").is_file()
 
 
 def test_at_or_above_fail_under_exits_0(buggy_runs: dict[str, Any]) -> None:

@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import NoReturn, Sequence
+from typing import Any, NoReturn, Sequence, TextIO
 
 from spec import profiles
 from spec.clauses import GROUPS
@@ -335,11 +336,49 @@ def run(argv: Sequence[str]) -> int:
     return 0
 
 
+class _Console:
+    """stdout that survives a reader going away (`python -m spec grade class/ | head`): the
+    grading goes on and every report is written; only the console lines stop."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+        self.gone = False
+
+    def _lost(self) -> None:
+        self.gone = True
+        try:  # the interpreter's own flush at exit must not complain either
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, self.stream.fileno())
+            os.close(devnull)
+        except (OSError, ValueError):
+            pass
+
+    def write(self, text: str) -> int:
+        if not self.gone:
+            try:
+                self.stream.write(text)
+            except BrokenPipeError:
+                self._lost()
+        return len(text)
+
+    def flush(self) -> None:
+        if not self.gone:
+            try:
+                self.stream.flush()
+            except BrokenPipeError:
+                self._lost()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.stream, name)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     for stream in (sys.stdout, sys.stderr):  # a submission's message may hold any character
         reconfigure = getattr(stream, "reconfigure", None)
         if reconfigure is not None:
             reconfigure(errors="replace")
+    if not isinstance(sys.stdout, _Console):
+        sys.stdout = _Console(sys.stdout)
     try:
         return run(sys.argv[1:] if argv is None else argv)
     except UsageError as exc:
