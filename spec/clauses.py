@@ -319,8 +319,10 @@ CLAUSES: tuple[Clause, ...] = (
     Clause(
         "KV-NI-3", "MUST", "non-invasive",
         "`disable_kv_cache` on a model that was never enabled does not raise and changes nothing (setting the "
-        "flags of KV-NI-5 to their disabled values aside).",
-        "Cleanup code calls disable unconditionally.",
+        "flags of KV-NI-5 to their disabled values aside); a model `enable_kv_cache` refused, one without "
+        "`blocks` (KV-MOD-5), included.",
+        "Cleanup code calls disable unconditionally, in a `finally` after an enable that may have raised. Every "
+        "course release returns at once when `_cache_enabled` is not set, before it looks at the blocks.",
     ),
     Clause(
         "KV-NI-4", "MUST", "non-invasive",

@@ -120,6 +120,14 @@ def test_disable_on_a_never_enabled_model_is_a_no_op(driver: Driver, case: Probe
                      call=f"disable_kv_cache({model.name})")
     expect_same_outputs(s, model, probe_set, before, "KV-NI-3",
                         "disable_kv_cache on a model that was never enabled must change nothing.")
+    refused = s.new_model(case.config, remove=("blocks",))  # enable_kv_cache refuses it (KV-MOD-5)
+    try:
+        refused.disable()
+    except SubmissionRaised as exc:
+        raise s.fail("KV-NI-3", "no exception", f"{exc.type_name}: {exc.message}", call=f"disable_kv_cache({refused.name})",
+                     hint="a model that was never enabled, here one without blocks that enable_kv_cache refused, must "
+                          "come through disable_kv_cache untouched: return first when model._cache_enabled is not set, "
+                          "or read the blocks with getattr(model, 'blocks', [])") from None
 
 
 @checks("KV-NI-4")

@@ -565,6 +565,14 @@ VARIANTS: list[Variant] = [
         del block._original_attention_forward
 """),
     ),
+    bug(
+        "disable_needs_blocks", "non-invasive",
+        "disable_kv_cache reads model.blocks before anything else: AttributeError on a model that "
+        "enable_kv_cache refused for having no blocks, as cleanup in a finally meets it (KV-NI-3).",
+        edit(MEMO, """    for block in getattr(model, "blocks", []):
+        if hasattr(block, "_original_attention_forward"):""", """    for block in model.blocks:
+        if hasattr(block, "_original_attention_forward"):"""),
+    ),
     # -- vacuous passes and bugs the machines once missed (issue 11) ---------------------------
     bug(
         "hollow_cache", "update get reset bounds shapes attention model memoization performance",
