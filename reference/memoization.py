@@ -96,7 +96,7 @@ def disable_kv_cache(model: Any) -> None:
 
 def _cached_generate(model: Any, prompt_tokens: Any, max_new_tokens: int, temperature: float, cache: Any) -> list[int]:
     """Decode `max_new_tokens` after the prompt, one token per step through `cache` (the 2026
-    course's function, KV-GEN-1..3): the cache is reset first; the prompt is fed one token at
+    course's function, KV-GEN-1..4): the cache is reset first; the prompt is fed one token at
     a time at start_pos=cache.seq_pos with advance() after each, then each new token but the
     last. Temperature 0 is greedy argmax; above 0, sampling from softmax(logits / temperature)
     with a fixed seed. Every step runs inside `cache.generation()` when the cache has one.

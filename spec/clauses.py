@@ -389,6 +389,14 @@ CLAUSES: tuple[Clause, ...] = (
         "The course's contract for this function; each would otherwise fail later, inside the model or the "
         "cache, far from the argument at fault (or, for nan, sample garbage).",
     ),
+    Clause(
+        "KV-GEN-4", "MUST", "generate",
+        "`_cached_generate` accepts every argument KV-GEN-3 does not refuse: `max_new_tokens = 0` returns an "
+        "empty list, and a temperature above 0 returns `max_new_tokens` token ids, each an int in "
+        "`[0, vocab_size)` (which ones is the sampler's own business).",
+        "The edges of the contract cut both ways: a guard that refuses 0 new tokens, or sampling that crashes "
+        "or returns something else than token ids above temperature 0, breaks callers that stay inside it.",
+    ),
 )
 
 BY_ID: dict[str, Clause] = {c.id: c for c in CLAUSES}

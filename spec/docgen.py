@@ -221,7 +221,7 @@ submission's own Tensor, and offers the union of what the releases' student code
 | how attention is cached | patch `block.attention.forward`, original saved on the block | patch, or a wrapper object | `block.attention` replaced by a `CachedAttention(attention, cache, layer_idx)` stand-in holding the original as `.attention` |
 | when the cached path runs | every single-token forward | every single-token forward | a single-token forward inside `with cache.generation():` only |
 | decode protocol | one token at a time at `start_pos=t`, `advance()` after each | the same | the same, each step inside `with cache.generation():` (KV-MOD-8) |
-| `_cached_generate` | absent | absent | graded (group `generate`, KV-GEN-1..3) |
+| `_cached_generate` | absent | absent | graded (group `generate`, KV-GEN-1..4) |
 | bool dimensions | accepted by some versions | varies | refused (`ValueError`) |
 
 **The model surface every release may rely on** (the grader's GPT offers all of it):
@@ -250,7 +250,7 @@ submission's own Tensor, and offers the union of what the releases' student code
   enabled must not consume or corrupt another sequence's history), and a stand-in that
   ignored it would fail the course's own use. A cache without `generation()` is graded
   without a scope, and caching every single-token forward is then right.
-- **`_cached_generate`** (KV-GEN-1..3) is graded only where a release has it; where the
+- **`_cached_generate`** (KV-GEN-1..4) is graded only where a release has it; where the
   module does not define it, the group does not apply and its points go to the other
   groups (docs/rubric.md), so a 2025 or module 17 submission loses nothing.
 - **Bools as dimensions** (KV-CON-5): refused, with `TypeError` or `ValueError`, in every

@@ -106,7 +106,8 @@ def _functions() -> dict[str, list[str]]:
 def test_each_entry_names_one_line_of_its_function_and_changes_it(entry: tuple[str, str, str, str]) -> None:
     function, original, mutated, reason = entry
     lines = _functions()[function]
-    for line in original.split(" / "):
+    # Several lines are joined by " / "; a single line may hold " / " itself (a division).
+    for line in [original] if original in lines else original.split(" / "):
         assert lines.count(line) == 1, f"{line!r} occurs {lines.count(line)} times in {function}: the entry must pin one line"
     assert mutated != original and reason
 

@@ -12,6 +12,7 @@ import math
 
 import pytest
 from hypothesis import given
+from hypothesis import strategies as st
 
 from spec.checks._model import ATOL, RTOL, GreedyCase, decode, greedy_cases, token_lists
 from spec.checks.test_model import greedy_uncached
@@ -110,3 +111,21 @@ def test_cached_generate_refuses_bad_arguments(driver: Driver, case: GreedyCase)
         with s.expect_raises("KV-GEN-3", call, "ValueError", hint=f"{what}: check the arguments before anything else "
                                                                   "and raise ValueError naming the bad one"):
             model.generate(cache, prompt, new_tokens, temperature)
+
+
+@checks("KV-GEN-4")
+@given(case=greedy_cases(), temperature=st.sampled_from([0.5, 1.0, 2.0]))
+def test_cached_generate_accepts_every_valid_argument(driver: Driver, case: GreedyCase, temperature: float) -> None:
+    s = session_with_generate(driver)
+    model = s.new_model(case.config)
+    cache = model.enable()
+    none = model.generate(cache, case.prompt, 0, 0.0)
+    if none != []:
+        raise s.fail("KV-GEN-4", [], none, hint="max_new_tokens = 0 is a non-negative int: return no new token, "
+                                              "an empty list, without raising")
+    got = model.generate(cache, case.prompt, case.new_tokens, temperature)
+    vocab = case.config.vocab_size
+    if len(got) != case.new_tokens or not all(0 <= t < vocab for t in got):
+        raise s.fail("KV-GEN-4", f"{case.new_tokens} token ids in [0, {vocab})", got,
+                     hint=f"at temperature {temperature} sample each new token from softmax(logits / temperature): "
+                          "an int index into the vocabulary, one per new token")

@@ -44,6 +44,20 @@ MISSING_ATTR = 'raise AttributeError(f"enable_kv_cache needs model.{name}; {type
 NOT_DIVISIBLE = 'raise ValueError(f"embed_dim {model.embed_dim} is not divisible by num_heads {model.num_heads}")'
 MERGE = "out = (softmax(scores) @ values).reshape(batch, 1, heads * head_dim)  # (B, H, 1, D) -> (B, 1, E)"
 WAS_OWN_LINE = 'block._attention_forward_was_own = "forward" in vars(attention)'
+GEN_NEW_TOKENS_MSG = 'raise ValueError(f"max_new_tokens must be a non-negative int, got {max_new_tokens!r}")'
+GEN_TEMPERATURE_MSG = 'raise ValueError(f"temperature must be a finite number >= 0, got {temperature!r}")'
+GEN_TEMPERATURE_GUARD = ("if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not "
+                         "math.isfinite(temperature) or temperature < 0:")
+GEN_EMPTY_MSG = 'raise ValueError("the prompt is empty")'
+GEN_TOO_LONG_MSG = 'raise ValueError(f"{len(prompt)} prompt + {max_new_tokens} new tokens exceed max_seq_len {cache.max_seq_len}")'
+GEN_SOFTMAX = "p = softmax((last / temperature)[None, :])[0]"
+GEN_CHOICE = "token = int(rng.choice(len(p), p=p / p.sum()))"
+GEN_SCOPE = ('scope: ContextManager[Any] = cache.generation() if callable(getattr(cache, "generation", None)) '
+             "else nullcontext()")
+SAMPLER = ("above temperature 0 which token is sampled is the sampler's own business (KV-GEN-4 wants token ids in "
+           "the vocabulary, KV-GEN-1 fixes temperature 0 only): another seed, scale or distribution is still a sampler")
+NO_SCOPE = ("the reference KVCache has no generation() scope, so whether the reference's _cached_generate would enter "
+            "one is unobservable in the mutation run; the zoo's course_2026_module18 grades the scoped path")
 
 
 def _dimension(name: str) -> list[tuple[str, str, str, str]]:
@@ -97,10 +111,31 @@ EQUIVALENT: list[tuple[str, str, str, str]] = [
     ("x_enable_kv_cache", WAS_OWN_LINE, WAS_OWN_LINE.replace('"forward"', '"FORWARD"'), "False either way: " + WAS_OWN),
     ("x_enable_kv_cache", WAS_OWN_LINE, WAS_OWN_LINE.replace(" in ", " not in "),
      "restoring the saved bound method as an instance attribute gives bit-identical forwards to deleting it"),
-    # Not equivalent, so not listed (issue 11): disable's `getattr(model, "blocks", [])` with default None
-    # or no default raises on a model without `blocks` (KV-MOD-5's models), which KV-NI-3 forbids.
+    # Not equivalent, so not listed: disable's `getattr(model, "blocks", [])` with default None or no
+    # default raises on a model without `blocks` (KV-MOD-5's models), which KV-NI-3 forbids (checked since f631c8a).
     ("x_disable_kv_cache", "continue", "break",
      "blocks are patched all or none, so the first unpatched block means no block is patched"),
     ("x_disable_kv_cache", "block.attention.forward = block._original_attention_forward", "block.attention.forward = None",
      WAS_OWN),
+    # -- memoization.py: _cached_generate (KV-GEN-1..4) ----------------------------------------
+    *(("x__cached_generate", original, mutated, MESSAGE) for original, mutated in (
+        (GEN_NEW_TOKENS_MSG, "raise ValueError(None)"), (GEN_TEMPERATURE_MSG, "raise ValueError(None)"),
+        (GEN_EMPTY_MSG, "raise ValueError(None)"), (GEN_EMPTY_MSG, 'raise ValueError("XXthe prompt is emptyXX")'),
+        (GEN_EMPTY_MSG, 'raise ValueError("THE PROMPT IS EMPTY")'), (GEN_TOO_LONG_MSG, "raise ValueError(None)"))),
+    ("x__cached_generate", GEN_TEMPERATURE_GUARD, GEN_TEMPERATURE_GUARD.replace("bool) or not", "bool) and not", 1),
+     "only a temperature that is not a real number (True, '1') reaches the type guard; KV-GEN-3 decides numbers only"),
+    *(("x__cached_generate", "rng = np.random.default_rng(0)", mutated, SAMPLER)
+      for mutated in ("rng = np.random.default_rng(None)", "rng = np.random.default_rng(1)")),
+    ("x__cached_generate", GEN_SOFTMAX, GEN_SOFTMAX.replace("last / temperature", "last * temperature"), SAMPLER),
+    ("x__cached_generate", GEN_CHOICE, GEN_CHOICE.replace("p=p / p.sum()", "p=None"), SAMPLER),
+    ("x__cached_generate", GEN_CHOICE, GEN_CHOICE.replace(", p=p / p.sum()", ", "), SAMPLER),
+    *(("x__cached_generate", GEN_SCOPE, mutated, NO_SCOPE) for mutated in (
+        GEN_SCOPE.replace('callable(getattr(cache, "generation", None))', "callable(None)"),
+        GEN_SCOPE.replace("getattr(cache,", "getattr(None,"),
+        GEN_SCOPE.replace('"generation", None', '"XXgenerationXX", None'),
+        GEN_SCOPE.replace('"generation", None', '"GENERATION", None'))),
+    ("x__cached_generate", "return logits[0, -1].astype(np.float64)", "return logits[0, -1].astype(None)",
+     "astype(None) is astype(float64): NumPy's default float"),
+    ("x__cached_generate", "last: Any = None", 'last: Any = ""', "the prompt is never empty (KV-GEN-3), so its first "
+     "step overwrites the initial value before anything reads it"),
 ]
