@@ -129,11 +129,14 @@ EQUIVALENT: list[tuple[str, str, str, str]] = [
     ("x__cached_generate", GEN_SOFTMAX, GEN_SOFTMAX.replace("last / temperature", "last * temperature"), SAMPLER),
     ("x__cached_generate", GEN_CHOICE, GEN_CHOICE.replace("p=p / p.sum()", "p=None"), SAMPLER),
     ("x__cached_generate", GEN_CHOICE, GEN_CHOICE.replace(", p=p / p.sum()", ", "), SAMPLER),
+    ("x__cached_generate", GEN_CHOICE, GEN_CHOICE.replace("p=p / p.sum()", "p=p * p.sum()"),
+     "p comes from softmax and sums to 1 within rounding, so p * p.sum() is p / p.sum(): " + SAMPLER),
     *(("x__cached_generate", GEN_SCOPE, mutated, NO_SCOPE) for mutated in (
         GEN_SCOPE.replace('callable(getattr(cache, "generation", None))', "callable(None)"),
         GEN_SCOPE.replace("getattr(cache,", "getattr(None,"),
         GEN_SCOPE.replace('"generation", None', '"XXgenerationXX", None'),
-        GEN_SCOPE.replace('"generation", None', '"GENERATION", None'))),
+        GEN_SCOPE.replace('"generation", None', '"GENERATION", None'),
+        GEN_SCOPE.replace('if callable(getattr(cache, "generation", None))', 'if (callable(getattr(cache, "generation", None))) and False'))),
     ("x__cached_generate", "return logits[0, -1].astype(np.float64)", "return logits[0, -1].astype(None)",
      "astype(None) is astype(float64): NumPy's default float"),
     ("x__cached_generate", "last: Any = None", 'last: Any = ""', "the prompt is never empty (KV-GEN-3), so its first "
