@@ -34,7 +34,7 @@ from spec.session import EXAMPLE_END, EXAMPLE_START
 
 NUMBER = re.compile(r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?|[-+]?(?:nan|inf)")
 RAISED = re.compile(r"your code raised (\w+)")
-EXCEPTION = re.compile(r"^'?(\w+(?:Error|Exception|Interrupt|Exit))(?::|'?$)")
+EXCEPTION = re.compile(r"^['\"]?(\w+(?:Error|Exception|Interrupt|Exit))(?::|['\"]?$)")  # repr quotes either way
 
 
 @dataclass(frozen=True)
